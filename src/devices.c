@@ -1,0 +1,191 @@
+/* SPDX-License-Identifier: MIT */
+#define _GNU_SOURCE
+#include "devices.h"
+#include "log.h"
+#include "util.h"
+
+#include <blkid/blkid.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/netlink.h>
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+
+static bool is_persist_type(const char *type)
+{
+	return strcmp(type, "crypto_LUKS") == 0 || strcmp(type, "btrfs") == 0;
+}
+
+static bool tag_matches(const char *spec, const struct blockdev *d)
+{
+	static const struct {
+		const char *tag;
+		size_t off;
+	} tags[] = {
+	    {"LABEL=", offsetof(struct blockdev, label)},
+	    {"UUID=", offsetof(struct blockdev, uuid)},
+	    {"PARTUUID=", offsetof(struct blockdev, partuuid)},
+	    {"PARTLABEL=", offsetof(struct blockdev, partlabel)},
+	};
+	for (size_t i = 0; i < ARRAY_SIZE(tags); i++)
+		if (str_has_prefix(spec, tags[i].tag)) {
+			const char *field = (const char *)d + tags[i].off;
+			const char *want = spec + strlen(tags[i].tag);
+			/* UUIDs compare without regard to case, as blkid and udev do. */
+			if (strstr(tags[i].tag, "UUID"))
+				return *field && strcasecmp(field, want) == 0;
+			return *field && strcmp(field, want) == 0;
+		}
+	return false;
+}
+
+int devices_choose(const struct dev_spec *spec, const struct blockdev *devs, size_t n)
+{
+	int best = -ENOENT;
+	for (size_t i = 0; i < n; i++) {
+		const struct blockdev *d = &devs[i];
+		bool hit = false;
+		switch (spec->kind) {
+		case PERSIST_PATH:
+			hit = strcmp(d->devname, spec->spec) == 0;
+			break;
+		case PERSIST_TAG:
+			hit = tag_matches(spec->spec, d);
+			break;
+		case PERSIST_AUTO:
+			hit = is_persist_type(d->type) &&
+			      strcmp(d->label, DEFAULT_PERSIST_LABEL) == 0;
+			break;
+		}
+		if (hit && (best < 0 || strcmp(d->devname, devs[best].devname) < 0))
+			best = (int)i;
+	}
+	if (best >= 0 || spec->kind != PERSIST_AUTO)
+		return best;
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(devs[i].devname, DEFAULT_PERSIST_FALLBACK) == 0)
+			return (int)i;
+	return -ENOENT;
+}
+
+static void copy_value(blkid_probe pr, const char *name, char *dst, size_t len)
+{
+	const char *v = NULL;
+	if (blkid_probe_lookup_value(pr, name, &v, NULL) == 0 && v)
+		strscpy(dst, v, len);
+}
+
+int devices_probe(const char *devname, struct blockdev *out)
+{
+	memset(out, 0, sizeof(*out));
+	if (strscpy(out->devname, devname, sizeof(out->devname)) < 0)
+		return -ENAMETOOLONG;
+	blkid_probe pr = blkid_new_probe_from_filename(devname);
+	if (!pr)
+		return errno ? -errno : -EIO;
+	blkid_probe_enable_superblocks(pr, 1);
+	blkid_probe_set_superblocks_flags(pr, BLKID_SUBLKS_LABEL | BLKID_SUBLKS_UUID |
+						  BLKID_SUBLKS_TYPE);
+	blkid_probe_enable_partitions(pr, 1);
+	blkid_probe_set_partitions_flags(pr, BLKID_PARTS_ENTRY_DETAILS);
+	int r = blkid_do_safeprobe(pr);
+	if (r == 0) {
+		copy_value(pr, "TYPE", out->type, sizeof(out->type));
+		copy_value(pr, "LABEL", out->label, sizeof(out->label));
+		copy_value(pr, "UUID", out->uuid, sizeof(out->uuid));
+		copy_value(pr, "PART_ENTRY_UUID", out->partuuid, sizeof(out->partuuid));
+		copy_value(pr, "PART_ENTRY_NAME", out->partlabel, sizeof(out->partlabel));
+	}
+	blkid_free_probe(pr);
+	/* 1 means "nothing found", -2 "ambivalent": both leave an empty type, not an error. */
+	return r < 0 && r != -2 ? -EIO : 0;
+}
+
+/* Block devices worth probing: everything in /sys/class/block but RAM and unused loop disks. */
+static size_t scan(struct blockdev *devs, size_t max)
+{
+	DIR *d = opendir("/sys/class/block");
+	if (!d)
+		return 0;
+	size_t n = 0;
+	struct dirent *e;
+	while ((e = readdir(d)) && n < max) {
+		if (e->d_name[0] == '.' || str_has_prefix(e->d_name, "ram") ||
+		    str_has_prefix(e->d_name, "loop"))
+			continue;
+		char path[80];
+		if (snprintf(path, sizeof(path), "/dev/%s", e->d_name) >= (int)sizeof(path))
+			continue;
+		if (devices_probe(path, &devs[n]) == 0)
+			n++;
+	}
+	closedir(d);
+	return n;
+}
+
+static int uevent_socket(void)
+{
+	int fd =
+	    socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, NETLINK_KOBJECT_UEVENT);
+	if (fd < 0)
+		return -errno;
+	struct sockaddr_nl sa = {.nl_family = AF_NETLINK, .nl_groups = 1};
+	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		int r = -errno;
+		close(fd);
+		return r;
+	}
+	return fd;
+}
+
+/* Drains pending uevents; true when one of them concerned a block device. */
+static bool drain_block_events(int fd)
+{
+	bool block = false;
+	char buf[4096];
+	for (;;) {
+		ssize_t n = recv(fd, buf, sizeof(buf) - 1, 0);
+		if (n <= 0)
+			return block;
+		buf[n] = '\0';
+		for (char *p = buf; p < buf + n; p += strlen(p) + 1)
+			if (strcmp(p, "SUBSYSTEM=block") == 0)
+				block = true;
+	}
+}
+
+int devices_wait(const struct dev_spec *spec, unsigned timeout_ms, struct blockdev *out)
+{
+	/* Listen before the first scan, so nothing that appears in between is missed. */
+	_cleanup_close_ int fd = uevent_socket();
+	if (fd < 0)
+		log_debug("no uevent socket (%s); polling /sys/class/block", strerror(-fd));
+	uint64_t deadline = now_ms() + timeout_ms;
+	struct blockdev devs[32];
+	for (;;) {
+		size_t n = scan(devs, ARRAY_SIZE(devs));
+		int i = devices_choose(spec, devs, n);
+		if (i >= 0) {
+			*out = devs[i];
+			return 0;
+		}
+		uint64_t now = now_ms();
+		if (now >= deadline)
+			return -ETIMEDOUT;
+		int wait = (int)(deadline - now);
+		if (fd < 0) {
+			/* No events to wait for: a short poll interval is the only option left. */
+			poll(NULL, 0, wait < 100 ? wait : 100);
+			continue;
+		}
+		struct pollfd pfd = {.fd = fd, .events = POLLIN};
+		int r = poll(&pfd, 1, wait);
+		if (r > 0)
+			drain_block_events(fd);
+		/* Rescan on any event: a partition table read can complete without a block uevent
+		 * naming our device. */
+	}
+}

@@ -1,0 +1,25 @@
+/* SPDX-License-Identifier: MIT */
+/* Logging to /dev/kmsg (with syslog priorities, so journalctl -b shows it) and to the console. */
+#ifndef FACTORY_INIT_LOG_H
+#define FACTORY_INIT_LOG_H
+
+#include <syslog.h>
+
+/* Opens /dev/kmsg when it can; until then messages go to the console (stderr) only. */
+void log_open_kmsg(void);
+/* Console threshold: LOG_WARNING with quiet, LOG_DEBUG with vm.debug, LOG_INFO otherwise. */
+void log_set_console_level(int level);
+/* kmsg threshold: LOG_INFO unless vm.debug. */
+void log_set_kmsg_level(int level);
+/* Adds an identifier prefix (default "factory-init"). */
+void log_set_ident(const char *ident);
+
+void log_msg(int prio, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#define log_err(...) log_msg(LOG_ERR, __VA_ARGS__)
+#define log_warn(...) log_msg(LOG_WARNING, __VA_ARGS__)
+#define log_notice(...) log_msg(LOG_NOTICE, __VA_ARGS__)
+#define log_info(...) log_msg(LOG_INFO, __VA_ARGS__)
+#define log_debug(...) log_msg(LOG_DEBUG, __VA_ARGS__)
+
+#endif

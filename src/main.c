@@ -1,0 +1,119 @@
+/* SPDX-License-Identifier: MIT */
+#define _GNU_SOURCE
+#include "log.h"
+#include "plan.h"
+#include "stage1.h"
+#include "util.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <json-c/json.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+static void usage(FILE *f)
+{
+	fputs("Usage: factory-init                     (as /init, PID 1, in an initrd)\n"
+	      "       factory-init --plan [--cmdline TEXT] [--config FILE]\n"
+	      "       factory-init --root=DIR [--cmdline TEXT] [--config FILE]\n"
+	      "\n"
+	      "Stage 1 of a factory VM: finds the data disk, unlocks LUKS2, mounts Btrfs on\n"
+	      "/persist, lays an overlay over /nix, writes the vm.* config for stage 2 and\n"
+	      "switches root. Any failure to reach /persist boots the factory store instead.\n"
+	      "\n"
+	      "  --plan          print the plan resolved from the command line and config,\n"
+	      "                  as JSON, without touching the system\n"
+	      "  --root=DIR      helper mode, inside another stage 1: only /persist, /nix and\n"
+	      "                  the config, under DIR (which already holds the factory root)\n"
+	      "  --cmdline TEXT  a kernel command line to use instead of /proc/cmdline\n"
+	      "  --config FILE   the embedded config (default " EMBEDDED_CONFIG_PATH ")\n"
+	      "  -h, --help      this text\n"
+	      "  --version       print the version\n"
+	      "\n"
+	      "Kernel command line: root= rootfstype= rootflags= ro rw init= panic= quiet\n"
+	      "  vm.persist=auto|/dev/X|LABEL=|UUID=|PARTUUID=|PARTLABEL=  (default auto)\n"
+	      "  vm.persist.timeout=SECONDS (default 10)  vm.persist.options=BTRFS-OPTIONS\n"
+	      "  vm.store=overlay|off  vm.luks.key=KEY  vm.luks.keyfile=PATH  vm.debug\n"
+	      "  vm.hostname= vm.repo= vm.branch= and any other vm.* key: config for stage 2\n"
+	      "See factory-init(8) and README.md for the details.\n",
+	      f);
+}
+
+int main(int argc, char **argv)
+{
+	if (getpid() == 1)
+		stage1_run(argc, argv);
+
+	enum { OPT_VERSION = 256, OPT_CMDLINE, OPT_CONFIG, OPT_PLAN, OPT_ROOT };
+	static const struct option opts[] = {
+	    {"help", no_argument, NULL, 'h'},
+	    {"version", no_argument, NULL, OPT_VERSION},
+	    {"plan", no_argument, NULL, OPT_PLAN},
+	    {"root", required_argument, NULL, OPT_ROOT},
+	    {"cmdline", required_argument, NULL, OPT_CMDLINE},
+	    {"config", required_argument, NULL, OPT_CONFIG},
+	    {0},
+	};
+	const char *cmdline = NULL, *config = EMBEDDED_CONFIG_PATH, *root = NULL;
+	bool plan_only = false;
+	int c;
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'h':
+			usage(stdout);
+			return 0;
+		case OPT_VERSION:
+			puts("factory-init " FACTORY_INIT_VERSION);
+			return 0;
+		case OPT_PLAN:
+			plan_only = true;
+			break;
+		case OPT_ROOT:
+			root = optarg;
+			break;
+		case OPT_CMDLINE:
+			cmdline = optarg;
+			break;
+		case OPT_CONFIG:
+			config = optarg;
+			break;
+		default:
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (optind < argc || plan_only == (root != NULL)) {
+		usage(stderr);
+		return 2;
+	}
+	json_global_set_string_hash(JSON_C_STR_HASH_PERLLIKE);
+	if (root)
+		return helper_run(root, cmdline, config);
+
+	_cleanup_free_ char *proc = NULL;
+	_cleanup_free_ char *embedded = NULL;
+	if (!cmdline && read_file("/proc/cmdline", CMDLINE_MAX_READ, &proc, NULL) < 0) {
+		fprintf(stderr, "factory-init: cannot read /proc/cmdline; give --cmdline\n");
+		return 1;
+	}
+	int r = read_file(config, 1 << 20, &embedded, NULL);
+	if (r < 0 && r != -ENOENT) {
+		fprintf(stderr, "factory-init: cannot read %s: %s\n", config, strerror(-r));
+		return 1;
+	}
+	struct plan p;
+	r = plan_build(cmdline ? cmdline : proc, embedded, &p);
+	if (r < 0) {
+		fprintf(stderr, "factory-init: cannot build a plan: %s\n", strerror(-r));
+		return 1;
+	}
+	_cleanup_free_ char *text = plan_to_json(&p);
+	for (size_t i = 0; i < p.n_warnings; i++)
+		fprintf(stderr, "factory-init: warning: %s\n", p.warnings[i]);
+	plan_free(&p);
+	if (!text)
+		return 1;
+	fputs(text, stdout);
+	return 0;
+}

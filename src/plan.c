@@ -1,0 +1,341 @@
+/* SPDX-License-Identifier: MIT */
+#define _GNU_SOURCE
+#include "plan.h"
+#include "cmdline.h"
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <json-c/json.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+/*
+ * Loaded in this order. dm_crypt needs a cipher (xts over aes) and cryptsetup's kernel crypto
+ * backend talks to the kernel through AF_ALG; btrfs pulls its own dependencies (and softdeps).
+ * A name that is built into the kernel loads as a no-op.
+ */
+const char *const plan_modules[] = {
+    "virtio_pci", "virtio_blk", "af_alg", "algif_hash", "algif_skcipher", "dm_crypt", "xts",
+    "aes",	  "sha256",	"sha512", "crc32c",	"btrfs",	  "overlay",
+};
+const size_t plan_n_modules = ARRAY_SIZE(plan_modules);
+
+const char *store_mode_name(enum store_mode m)
+{
+	return m == STORE_OVERLAY ? "overlay" : "off";
+}
+
+void plan_warn(struct plan *plan, const char *fmt, ...)
+{
+	if (plan->n_warnings >= PLAN_MAX_WARNINGS)
+		return;
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(plan->warnings[plan->n_warnings++], sizeof(plan->warnings[0]), fmt, ap);
+	va_end(ap);
+}
+
+static void warn_cb(void *ctx, const char *message)
+{
+	plan_warn(ctx, "%s", message);
+}
+
+static void set_defaults(struct plan *p)
+{
+	strcpy(p->root, DEFAULT_ROOT);
+	p->root_timeout_s = DEFAULT_ROOT_TIMEOUT_S;
+	strcpy(p->init, DEFAULT_INIT);
+	p->persist_kind = PERSIST_AUTO;
+	strcpy(p->persist, "auto");
+	p->persist_timeout_s = DEFAULT_PERSIST_TIMEOUT_S;
+	strcpy(p->persist_options, DEFAULT_PERSIST_OPTIONS);
+	p->store = STORE_OVERLAY;
+	strcpy(p->keyfile, DEFAULT_KEYFILE);
+}
+
+static bool flag_value(const char *v)
+{
+	return !v || strcmp(v, "1") == 0 || strcmp(v, "yes") == 0 || strcmp(v, "true") == 0 ||
+	       strcmp(v, "on") == 0;
+}
+
+/* Applies one validated control key (name without "vm."). */
+static void apply_control(struct plan *p, const char *name, const char *value)
+{
+	if (strcmp(name, "persist") == 0) {
+		strscpy(p->persist, value, sizeof(p->persist));
+		p->persist_kind = strcmp(value, "auto") == 0 ? PERSIST_AUTO
+				  : value[0] == '/'	     ? PERSIST_PATH
+							     : PERSIST_TAG;
+	} else if (strcmp(name, "persist.timeout") == 0) {
+		p->persist_timeout_s = (unsigned)atoi(value);
+	} else if (strcmp(name, "persist.options") == 0) {
+		/* Ours first: a later option wins in Btrfs, so the user can still override. */
+		if (*value)
+			snprintf(p->persist_options, sizeof(p->persist_options), "%s,%s",
+				 DEFAULT_PERSIST_OPTIONS, value);
+		else
+			strcpy(p->persist_options, DEFAULT_PERSIST_OPTIONS);
+	} else if (strcmp(name, "store") == 0) {
+		p->store = strcmp(value, "off") == 0 ? STORE_OFF : STORE_OVERLAY;
+	} else if (strcmp(name, "luks.keyfile") == 0) {
+		strscpy(p->keyfile, value, sizeof(p->keyfile));
+		p->keyfile_explicit = true;
+	} else if (strcmp(name, "debug") == 0) {
+		p->debug = flag_value(value);
+	}
+}
+
+static void apply_embedded(struct plan *p, const char *text)
+{
+	struct json_object *control = NULL;
+	if (config_layer_from_json(text, EMBEDDED_CONFIG_PATH, &p->config_embedded, &control,
+				   warn_cb, p) < 0)
+		return;
+	json_object_object_foreach(control, key, val)
+	{
+		apply_control(p, key, json_object_get_string(val));
+	}
+	json_object_put(control);
+}
+
+static bool is_device_spec(const char *v)
+{
+	char why[128];
+	return vm_key_check("persist", v, why, sizeof(why)) == 0 && strcmp(v, "auto") != 0;
+}
+
+/* Parses the kernel's panic= (a signed whole number of seconds). */
+static bool parse_int(const char *v, int *out)
+{
+	if (!v || !*v)
+		return false;
+	const char *p = v;
+	if (*p == '-')
+		p++;
+	if (!*p || strlen(p) > 6)
+		return false;
+	for (; *p; p++)
+		if (!isdigit((unsigned char)*p))
+			return false;
+	*out = atoi(v);
+	return true;
+}
+
+static void apply_vm_key(struct plan *p, const char *name, const char *value)
+{
+	char why[256], shown[96];
+	enum vm_key_kind kind;
+	value_preview(name, shown, sizeof(shown));
+	if (vm_key_kind(name, &kind, why, sizeof(why)) < 0) {
+		plan_warn(p, "vm.%s %s; ignored", shown, why);
+		return;
+	}
+	if (!value) {
+		if (kind == VM_KEY_FLAG) {
+			apply_control(p, name, NULL);
+			return;
+		}
+		plan_warn(p, "vm.%s needs a value (vm.%s=...); ignored", name, name);
+		return;
+	}
+	if (vm_key_check(name, value, why, sizeof(why)) < 0) {
+		if (kind == VM_KEY_SECRET) {
+			plan_warn(p, "vm.%s (value not shown) %s; ignored", name, why);
+			return;
+		}
+		value_preview(value, shown, sizeof(shown));
+		plan_warn(p, "vm.%s=\"%s\" %s; ignored", name, shown, why);
+		return;
+	}
+	switch (kind) {
+	case VM_KEY_SECRET:
+		if (secret_set(&p->key, value, strlen(value)) < 0)
+			plan_warn(p, "vm.%s: out of memory; ignored", name);
+		break;
+	case VM_KEY_CONTROL:
+	case VM_KEY_FLAG:
+		apply_control(p, name, value);
+		break;
+	case VM_KEY_CONFIG:
+		json_object_object_add(p->config_cmdline, name, json_object_new_string(value));
+		break;
+	}
+}
+
+static void apply_arg(struct plan *p, const char *key, const char *value)
+{
+	char shown[96];
+	if (str_has_prefix(key, "vm.")) {
+		apply_vm_key(p, key + 3, value);
+		return;
+	}
+	if (strcmp(key, "root") == 0) {
+		if (value && is_device_spec(value))
+			strscpy(p->root, value, sizeof(p->root));
+		else {
+			value_preview(value ? value : "", shown, sizeof(shown));
+			plan_warn(p,
+				  "root=\"%s\" is not a /dev path or LABEL=/UUID=/PARTUUID=/"
+				  "PARTLABEL=; using " DEFAULT_ROOT,
+				  shown);
+			strcpy(p->root, DEFAULT_ROOT);
+		}
+	} else if (strcmp(key, "rootfstype") == 0) {
+		bool ok = value && *value && strlen(value) < sizeof(p->rootfstype);
+		for (const char *c = value; ok && *c; c++)
+			ok = isalnum((unsigned char)*c) || *c == '_' || *c == '.';
+		if (ok)
+			strcpy(p->rootfstype, value);
+		else {
+			value_preview(value ? value : "", shown, sizeof(shown));
+			plan_warn(p, "rootfstype=\"%s\" is not a file system type; probing instead",
+				  shown);
+			p->rootfstype[0] = '\0';
+		}
+	} else if (strcmp(key, "rootflags") == 0) {
+		char why[128];
+		if (value && vm_key_check("persist.options", value, why, sizeof(why)) == 0)
+			strscpy(p->rootflags, value, sizeof(p->rootflags));
+		else {
+			value_preview(value ? value : "", shown, sizeof(shown));
+			plan_warn(p, "rootflags=\"%s\" %s; ignored", shown,
+				  value ? why : "needs a value");
+		}
+	} else if (strcmp(key, "ro") == 0 && !value) {
+		p->root_rw = false;
+	} else if (strcmp(key, "rw") == 0 && !value) {
+		p->root_rw = true;
+	} else if (strcmp(key, "init") == 0) {
+		char why[128];
+		if (value && vm_key_check("luks.keyfile", value, why, sizeof(why)) == 0)
+			strscpy(p->init, value, sizeof(p->init));
+		else {
+			value_preview(value ? value : "", shown, sizeof(shown));
+			plan_warn(p, "init=\"%s\" is not an absolute path; using " DEFAULT_INIT,
+				  shown);
+		}
+	} else if (strcmp(key, "panic") == 0) {
+		int v;
+		if (parse_int(value, &v))
+			p->panic_s = v;
+		else {
+			value_preview(value ? value : "", shown, sizeof(shown));
+			plan_warn(p, "panic=\"%s\" is not a whole number; ignored", shown);
+		}
+	} else if (strcmp(key, "quiet") == 0 && !value) {
+		p->quiet = true;
+	} else if (strcmp(key, "rootwait") == 0 && !value) {
+		p->root_timeout_s = 3600;
+	}
+}
+
+int plan_build(const char *cmdline_text, const char *embedded_config, struct plan *p)
+{
+	memset(p, 0, sizeof(*p));
+	set_defaults(p);
+	p->config_cmdline = json_object_new_object();
+	if (!p->config_cmdline)
+		return -ENOMEM;
+
+	if (embedded_config)
+		apply_embedded(p, embedded_config);
+
+	struct cmdline c;
+	int r = cmdline_parse(cmdline_text ? cmdline_text : "", &c);
+	if (r < 0) {
+		plan_free(p);
+		return r;
+	}
+	for (size_t i = 0; i < c.n; i++)
+		apply_arg(p, c.args[i].key, c.args[i].value);
+	for (size_t i = 0; i < c.n_init && p->n_init_args < PLAN_MAX_INIT_ARGS; i++) {
+		p->init_args[p->n_init_args] = strdup(c.init_args[i]);
+		if (p->init_args[p->n_init_args])
+			p->n_init_args++;
+	}
+	cmdline_free(&c);
+	return 0;
+}
+
+void plan_free(struct plan *p)
+{
+	secret_free(&p->key);
+	json_object_put(p->config_embedded);
+	json_object_put(p->config_cmdline);
+	for (size_t i = 0; i < p->n_init_args; i++)
+		free(p->init_args[i]);
+	memset(p, 0, sizeof(*p));
+}
+
+static const char *persist_kind_name(enum persist_kind k)
+{
+	switch (k) {
+	case PERSIST_AUTO:
+		return "auto";
+	case PERSIST_PATH:
+		return "path";
+	case PERSIST_TAG:
+		return "tag";
+	}
+	return "?";
+}
+
+char *plan_to_json(const struct plan *p)
+{
+	struct json_object *o = json_object_new_object();
+	if (!o)
+		return NULL;
+	struct json_object *root = json_object_new_object();
+	json_object_object_add(root, "device", json_object_new_string(p->root));
+	json_object_object_add(root, "fstype",
+			       json_object_new_string(*p->rootfstype ? p->rootfstype : "auto"));
+	json_object_object_add(root, "flags", json_object_new_string(p->rootflags));
+	json_object_object_add(root, "read_write", json_object_new_boolean(p->root_rw));
+	json_object_object_add(root, "timeout_s", json_object_new_int((int)p->root_timeout_s));
+	json_object_object_add(o, "root", root);
+	json_object_object_add(o, "init", json_object_new_string(p->init));
+	struct json_object *iargs = json_object_new_array();
+	for (size_t i = 0; i < p->n_init_args; i++)
+		json_object_array_add(iargs, json_object_new_string(p->init_args[i]));
+	json_object_object_add(o, "init_args", iargs);
+	json_object_object_add(o, "panic_s", json_object_new_int(p->panic_s));
+	json_object_object_add(o, "quiet", json_object_new_boolean(p->quiet));
+	json_object_object_add(o, "debug", json_object_new_boolean(p->debug));
+
+	struct json_object *persist = json_object_new_object();
+	json_object_object_add(persist, "device", json_object_new_string(p->persist));
+	json_object_object_add(persist, "match",
+			       json_object_new_string(persist_kind_name(p->persist_kind)));
+	json_object_object_add(persist, "timeout_s",
+			       json_object_new_int((int)p->persist_timeout_s));
+	json_object_object_add(persist, "options", json_object_new_string(p->persist_options));
+	json_object_object_add(o, "persist", persist);
+	json_object_object_add(o, "store", json_object_new_string(store_mode_name(p->store)));
+
+	struct json_object *unlock = json_object_new_array();
+	if (p->key.data)
+		json_object_array_add(unlock, json_object_new_string("cmdline-key"));
+	json_object_array_add(unlock, json_object_new_string("keyfile"));
+	json_object_object_add(o, "unlock_methods", unlock);
+	json_object_object_add(o, "keyfile", json_object_new_string(p->keyfile));
+
+	struct json_object *mods = json_object_new_array();
+	for (size_t i = 0; i < plan_n_modules; i++)
+		json_object_array_add(mods, json_object_new_string(plan_modules[i]));
+	json_object_object_add(o, "modules", mods);
+
+	struct json_object *layers[] = {p->config_embedded, p->config_cmdline};
+	json_object_object_add(o, "config", config_merge(layers, ARRAY_SIZE(layers)));
+
+	struct json_object *warn = json_object_new_array();
+	for (size_t i = 0; i < p->n_warnings; i++)
+		json_object_array_add(warn, json_object_new_string(p->warnings[i]));
+	json_object_object_add(o, "warnings", warn);
+
+	char *s = config_to_string(o);
+	json_object_put(o);
+	return s;
+}

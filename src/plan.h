@@ -1,0 +1,97 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The plan: everything stage 1 will do, decided up front from the kernel command line and the
+ * embedded config. plan_build is pure; the executor (stage1.c) only carries the plan out.
+ */
+#ifndef FACTORY_INIT_PLAN_H
+#define FACTORY_INIT_PLAN_H
+
+#include "util.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+
+struct json_object;
+
+enum store_mode {
+	STORE_OVERLAY, /* overlayfs on /nix: factory /nix below, /persist/nix/upper above */
+	STORE_OFF,     /* leave the factory /nix as it is */
+};
+
+enum persist_kind {
+	PERSIST_AUTO, /* a LUKS2 or Btrfs volume labelled "persist", else /dev/vdb */
+	PERSIST_PATH, /* a /dev path */
+	PERSIST_TAG,  /* LABEL=, UUID=, PARTUUID=, PARTLABEL= */
+};
+
+#define PLAN_STR 512
+#define PLAN_MAX_WARNINGS 32
+#define PLAN_MAX_INIT_ARGS 64
+
+#define DEFAULT_ROOT "/dev/vda"
+#define DEFAULT_INIT "/sbin/init"
+#define DEFAULT_PERSIST_LABEL "persist"
+#define DEFAULT_PERSIST_FALLBACK "/dev/vdb"
+#define DEFAULT_PERSIST_TIMEOUT_S 10
+#define DEFAULT_PERSIST_OPTIONS "compress=zstd"
+#define DEFAULT_ROOT_TIMEOUT_S 30
+#define EMBEDDED_CONFIG_PATH "/etc/vm-config.json"
+#define DEFAULT_KEYFILE "/etc/factory-init/keyfile" /* where dracut-like/ puts an embedded key */
+
+struct plan {
+	/* The factory root and what runs after us. */
+	char root[PLAN_STR];
+	char rootfstype[64]; /* "" lets libmount probe */
+	char rootflags[PLAN_STR];
+	bool root_rw;
+	unsigned root_timeout_s;
+	char init[PLAN_STR];
+	int panic_s; /* the kernel's panic=: 0 halts for ever, >0 reboots after, <0 at once */
+	bool quiet;
+	bool debug;
+
+	/* The data disk. */
+	enum persist_kind persist_kind;
+	char persist[PLAN_STR]; /* as given (or the default), e.g. LABEL=persist or /dev/vdb */
+	unsigned persist_timeout_s;
+	char persist_options[PLAN_STR]; /* the whole Btrfs option string */
+	enum store_mode store;
+
+	/* Unlocking: the key itself never leaves this struct except into libcryptsetup. */
+	struct secret key; /* vm.luks.key, from /proc/cmdline (so stage 2 can read it too) */
+	char keyfile[PLAN_STR];
+	bool keyfile_explicit; /* vm.luks.keyfile was given: a missing file is worth a warning */
+
+	/* Config layers (json-c objects, owned) before /persist is seen. */
+	struct json_object *config_embedded;
+	struct json_object *config_cmdline;
+
+	/* Arguments for init: what came after "--". */
+	char *init_args[PLAN_MAX_INIT_ARGS];
+	size_t n_init_args;
+
+	char warnings[PLAN_MAX_WARNINGS][256];
+	size_t n_warnings;
+};
+
+/*
+ * Builds the plan from the command line text and the embedded config text (either may be NULL).
+ * Malformed values are reported in plan->warnings and replaced by that key's default; this only
+ * fails (-ENOMEM, -E2BIG) when no plan can be made at all.
+ */
+int plan_build(const char *cmdline, const char *embedded_config, struct plan *plan);
+void plan_free(struct plan *plan);
+
+/* Appends a warning (printf-style); silently drops warnings past PLAN_MAX_WARNINGS. */
+void plan_warn(struct plan *plan, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* The kernel modules stage 1 loads, in order. */
+extern const char *const plan_modules[];
+extern const size_t plan_n_modules;
+
+const char *store_mode_name(enum store_mode m);
+
+/* The plan as pretty JSON (no key material, only whether one was given); caller frees. */
+char *plan_to_json(const struct plan *plan);
+
+#endif

@@ -1,0 +1,104 @@
+/* SPDX-License-Identifier: MIT */
+#define _GNU_SOURCE
+#include "status.h"
+#include "config.h"
+#include "util.h"
+
+#include <errno.h>
+#include <json-c/json.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+void status_init(struct status *st, const char *mode, uint64_t started_ms)
+{
+	memset(st, 0, sizeof(*st));
+	st->mode = mode;
+	st->started_ms = started_ms;
+	strcpy(st->store, "factory");
+}
+
+void status_warn(struct status *st, const char *msg)
+{
+	if (st->n_warnings < STATUS_MAX_WARNINGS)
+		strscpy(st->warnings[st->n_warnings++], msg, sizeof(st->warnings[0]));
+}
+
+void status_reason(struct status *st, const char *fmt, ...)
+{
+	/* The first reason is the root cause; later failures only follow from it. */
+	if (*st->reason)
+		return;
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(st->reason, sizeof(st->reason), fmt, ap);
+	va_end(ap);
+}
+
+void status_step(struct status *st, const char *name, uint64_t ms, int result)
+{
+	if (st->n_steps >= STATUS_MAX_STEPS)
+		return;
+	struct status_step *s = &st->steps[st->n_steps++];
+	strscpy(s->name, name, sizeof(s->name));
+	s->ms = ms;
+	s->result = result;
+}
+
+static struct json_object *str_or_null(const char *s)
+{
+	return *s ? json_object_new_string(s) : NULL;
+}
+
+char *status_to_json(const struct status *st)
+{
+	struct json_object *o = json_object_new_object();
+	if (!o)
+		return NULL;
+	json_object_object_add(o, "version", json_object_new_int(1));
+	json_object_object_add(o, "mode", json_object_new_string(st->mode));
+	json_object_object_add(o, "outcome",
+			       json_object_new_string(st->persist ? "persist" : "fallback"));
+	json_object_object_add(o, "reason", str_or_null(st->reason));
+	json_object_object_add(o, "device", str_or_null(st->device));
+	json_object_object_add(o, "fstype", str_or_null(st->fstype));
+	json_object_object_add(o, "luks", json_object_new_boolean(st->luks));
+	json_object_object_add(o, "unlock", str_or_null(st->unlock));
+	json_object_object_add(o, "key_in_cmdline", json_object_new_boolean(st->key_in_cmdline));
+	json_object_object_add(o, "store", json_object_new_string(st->store));
+	struct json_object *w = json_object_new_array();
+	for (size_t i = 0; i < st->n_warnings; i++)
+		json_object_array_add(w, json_object_new_string(st->warnings[i]));
+	json_object_object_add(o, "warnings", w);
+	struct json_object *steps = json_object_new_array();
+	for (size_t i = 0; i < st->n_steps; i++) {
+		struct json_object *s = json_object_new_object();
+		json_object_object_add(s, "name", json_object_new_string(st->steps[i].name));
+		json_object_object_add(s, "ms", json_object_new_int64((int64_t)st->steps[i].ms));
+		json_object_object_add(s, "result", json_object_new_int(st->steps[i].result));
+		if (st->steps[i].result < 0)
+			json_object_object_add(
+			    s, "error", json_object_new_string(strerror(-st->steps[i].result)));
+		json_object_array_add(steps, s);
+	}
+	json_object_object_add(o, "steps", steps);
+	json_object_object_add(o, "total_ms", json_object_new_int64((int64_t)st->total_ms));
+	char *text = config_to_string(o);
+	json_object_put(o);
+	return text;
+}
+
+int status_write(const struct status *st, const char *root)
+{
+	char dir[PATH_MAX], path[PATH_MAX];
+	snprintf(dir, sizeof(dir), "%s%s", root, STATUS_DIR);
+	snprintf(path, sizeof(path), "%s/status.json", dir);
+	int r = mkdir_p(dir, 0755);
+	if (r < 0)
+		return r;
+	_cleanup_free_ char *text = status_to_json(st);
+	if (!text)
+		return -ENOMEM;
+	return write_file_atomic(path, text, strlen(text), 0644);
+}

@@ -1,0 +1,46 @@
+/* SPDX-License-Identifier: MIT */
+/* What stage 1 did and how long each step took: /run/factory-init/status.json. */
+#ifndef FACTORY_INIT_STATUS_H
+#define FACTORY_INIT_STATUS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define STATUS_DIR "/run/factory-init"
+#define STATUS_MAX_STEPS 24
+#define STATUS_MAX_WARNINGS 48
+
+struct status_step {
+	char name[32];
+	uint64_t ms;
+	int result; /* 0 or a negative errno */
+};
+
+struct status {
+	const char *mode;    /* "stage1" or "helper" */
+	bool persist;	     /* outcome: /persist mounted */
+	char reason[512];    /* why we fell back (or why the store is not as planned) */
+	char device[256];    /* the data disk we used or tried */
+	char fstype[32];     /* what blkid found on it */
+	bool luks;	     /* it was LUKS-encrypted */
+	char unlock[32];     /* "none", "cmdline-key", "keyfile" or "" when not unlocked */
+	bool key_in_cmdline; /* the key sat in /proc/cmdline, readable by stage 2 */
+	char store[16];	     /* "overlay", "off" or "factory" (planned overlay not possible) */
+	char warnings[STATUS_MAX_WARNINGS][256];
+	size_t n_warnings;
+	struct status_step steps[STATUS_MAX_STEPS];
+	size_t n_steps;
+	uint64_t started_ms, total_ms;
+};
+
+void status_init(struct status *st, const char *mode, uint64_t started_ms);
+void status_warn(struct status *st, const char *msg);
+void status_reason(struct status *st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void status_step(struct status *st, const char *name, uint64_t ms, int result);
+/* Pure: the status as JSON text; the caller frees it. */
+char *status_to_json(const struct status *st);
+/* Writes STATUS_DIR/status.json (under root, "" for /) atomically. */
+int status_write(const struct status *st, const char *root);
+
+#endif

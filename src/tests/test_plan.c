@@ -1,0 +1,215 @@
+/* SPDX-License-Identifier: MIT */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <json-c/json.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "plan.h"
+
+static const char *cfg(const struct plan *p, const char *key)
+{
+	struct json_object *v = json_object_object_get(p->config_cmdline, key);
+	return v ? json_object_get_string(v) : NULL;
+}
+
+static bool has_warning(const struct plan *p, const char *needle)
+{
+	for (size_t i = 0; i < p->n_warnings; i++)
+		if (strstr(p->warnings[i], needle))
+			return true;
+	return false;
+}
+
+static void test_defaults(void **state)
+{
+	(void)state;
+	struct plan p;
+	assert_int_equal(plan_build("", NULL, &p), 0);
+	assert_string_equal(p.root, DEFAULT_ROOT);
+	assert_string_equal(p.init, DEFAULT_INIT);
+	assert_int_equal(p.persist_kind, PERSIST_AUTO);
+	assert_int_equal(p.persist_timeout_s, DEFAULT_PERSIST_TIMEOUT_S);
+	assert_string_equal(p.persist_options, "compress=zstd");
+	assert_int_equal(p.store, STORE_OVERLAY);
+	assert_false(p.root_rw);
+	assert_null(p.key.data);
+	assert_string_equal(p.keyfile, DEFAULT_KEYFILE);
+	assert_false(p.keyfile_explicit);
+	assert_int_equal(p.n_warnings, 0);
+	plan_free(&p);
+}
+
+static void test_full_line(void **state)
+{
+	(void)state;
+	struct plan p;
+	const char *line = "BOOT_IMAGE=/k root=LABEL=factory rootfstype=ext4 rootflags=noatime rw "
+			   "init=/nix/store/abc-nixos/init panic=-1 quiet vm.debug "
+			   "vm.persist=UUID=1234-abcd vm.persist.timeout=5 "
+			   "vm.persist.options=noatime vm.store=off vm.luks.key=s3cret "
+			   "vm.luks.keyfile=/etc/k vm.hostname=web-1 vm.repo=git@h:r.git "
+			   "vm.branch=main vm.custom.thing=\"a b\" virtio_blk.foo=1 -- single";
+	assert_int_equal(plan_build(line, NULL, &p), 0);
+	assert_string_equal(p.root, "LABEL=factory");
+	assert_string_equal(p.rootfstype, "ext4");
+	assert_string_equal(p.rootflags, "noatime");
+	assert_true(p.root_rw);
+	assert_string_equal(p.init, "/nix/store/abc-nixos/init");
+	assert_int_equal(p.panic_s, -1);
+	assert_true(p.quiet);
+	assert_true(p.debug);
+	assert_int_equal(p.persist_kind, PERSIST_TAG);
+	assert_string_equal(p.persist, "UUID=1234-abcd");
+	assert_int_equal(p.persist_timeout_s, 5);
+	assert_string_equal(p.persist_options, "compress=zstd,noatime");
+	assert_int_equal(p.store, STORE_OFF);
+	assert_non_null(p.key.data);
+	assert_string_equal(p.key.data, "s3cret");
+	assert_string_equal(p.keyfile, "/etc/k");
+	assert_true(p.keyfile_explicit);
+	assert_string_equal(cfg(&p, "hostname"), "web-1");
+	assert_string_equal(cfg(&p, "repo"), "git@h:r.git");
+	assert_string_equal(cfg(&p, "branch"), "main");
+	assert_string_equal(cfg(&p, "custom.thing"), "a b");
+	/* Control and secret keys never land in the config handed to stage 2. */
+	assert_null(cfg(&p, "luks.key"));
+	assert_null(cfg(&p, "store"));
+	assert_int_equal(p.n_init_args, 1);
+	assert_string_equal(p.init_args[0], "single");
+	assert_int_equal(p.n_warnings, 0);
+	plan_free(&p);
+}
+
+static void test_malformed_values_fall_back(void **state)
+{
+	(void)state;
+	struct plan p;
+	assert_int_equal(plan_build("vm.hostname=bad_host! vm.persist.timeout=ten "
+				    "vm.store=tmpfs vm.persist=sdb vm.branch=a..b root=vda "
+				    "init=sbin/init panic=soon rootfstype=ext4;rm "
+				    "vm.luks.keyfile=rel/key vm.repo",
+				    NULL, &p),
+			 0);
+	assert_null(cfg(&p, "hostname"));
+	assert_null(cfg(&p, "branch"));
+	assert_null(cfg(&p, "repo"));
+	assert_int_equal(p.persist_timeout_s, DEFAULT_PERSIST_TIMEOUT_S);
+	assert_int_equal(p.store, STORE_OVERLAY);
+	assert_int_equal(p.persist_kind, PERSIST_AUTO);
+	assert_string_equal(p.root, DEFAULT_ROOT);
+	assert_string_equal(p.init, DEFAULT_INIT);
+	assert_int_equal(p.panic_s, 0);
+	assert_string_equal(p.rootfstype, "");
+	assert_string_equal(p.keyfile, DEFAULT_KEYFILE);
+	/* Each bad key is named once. */
+	assert_true(has_warning(&p, "vm.hostname="));
+	assert_true(has_warning(&p, "vm.persist.timeout="));
+	assert_true(has_warning(&p, "vm.store="));
+	assert_true(has_warning(&p, "vm.persist="));
+	assert_true(has_warning(&p, "vm.branch="));
+	assert_true(has_warning(&p, "root="));
+	assert_true(has_warning(&p, "init="));
+	assert_true(has_warning(&p, "panic="));
+	assert_true(has_warning(&p, "rootfstype="));
+	assert_true(has_warning(&p, "vm.luks.keyfile="));
+	assert_true(has_warning(&p, "vm.repo needs a value"));
+	assert_int_equal(p.n_warnings, 11);
+	plan_free(&p);
+}
+
+static void test_later_wins_and_bad_later_ignored(void **state)
+{
+	(void)state;
+	struct plan p;
+	assert_int_equal(plan_build("vm.hostname=a vm.hostname=b vm.hostname=-bad", NULL, &p), 0);
+	assert_string_equal(cfg(&p, "hostname"), "b");
+	assert_int_equal(p.n_warnings, 1);
+	plan_free(&p);
+}
+
+static void test_secret_not_echoed(void **state)
+{
+	(void)state;
+	struct plan p;
+	char line[700] = "vm.luks.key=";
+	memset(line + strlen(line), 'K', 600);
+	assert_int_equal(plan_build(line, NULL, &p), 0);
+	assert_null(p.key.data);
+	assert_int_equal(p.n_warnings, 1);
+	assert_null(strstr(p.warnings[0], "KKKK"));
+	plan_free(&p);
+
+	assert_int_equal(plan_build("vm.luks.key=TOPSECRET vm.debug", NULL, &p), 0);
+	char *json = plan_to_json(&p);
+	assert_null(strstr(json, "TOPSECRET"));
+	assert_non_null(strstr(json, "cmdline-key"));
+	free(json);
+	plan_free(&p);
+}
+
+static void test_embedded_config(void **state)
+{
+	(void)state;
+	struct plan p;
+	const char *embedded = "{\"hostname\":\"factory\",\"repo\":\"https://g/r.git\","
+			       "\"persist\":\"LABEL=data\",\"persist.timeout\":3,"
+			       "\"store\":\"off\",\"luks.key\":\"no\"}";
+	assert_int_equal(plan_build("vm.store=overlay vm.hostname=web-2", embedded, &p), 0);
+	/* Control defaults from the image, overridden by the command line. */
+	assert_int_equal(p.persist_kind, PERSIST_TAG);
+	assert_string_equal(p.persist, "LABEL=data");
+	assert_int_equal(p.persist_timeout_s, 3);
+	assert_int_equal(p.store, STORE_OVERLAY);
+	assert_null(p.key.data);
+	assert_true(has_warning(&p, "vm.luks.key holds key material"));
+	assert_string_equal(
+	    json_object_get_string(json_object_object_get(p.config_embedded, "hostname")),
+	    "factory");
+	assert_string_equal(cfg(&p, "hostname"), "web-2");
+	plan_free(&p);
+
+	/* A broken embedded config is reported and ignored. */
+	assert_int_equal(plan_build("", "{oops", &p), 0);
+	assert_null(p.config_embedded);
+	assert_true(has_warning(&p, "/etc/vm-config.json: not valid JSON"));
+	plan_free(&p);
+}
+
+static void test_plan_json(void **state)
+{
+	(void)state;
+	struct plan p;
+	assert_int_equal(plan_build("vm.hostname=web-1 vm.note=\"x y\"", "{\"repo\":\"r\"}", &p),
+			 0);
+	char *text = plan_to_json(&p);
+	struct json_object *o = json_tokener_parse(text);
+	assert_non_null(o);
+	struct json_object *c = json_object_object_get(o, "config");
+	assert_string_equal(json_object_get_string(json_object_object_get(c, "hostname")), "web-1");
+	assert_string_equal(json_object_get_string(json_object_object_get(c, "repo")), "r");
+	assert_string_equal(json_object_get_string(json_object_object_get(c, "note")), "x y");
+	assert_string_equal(json_object_get_string(json_object_object_get(o, "store")), "overlay");
+	json_object_put(o);
+	free(text);
+	plan_free(&p);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_defaults),
+	    cmocka_unit_test(test_full_line),
+	    cmocka_unit_test(test_malformed_values_fall_back),
+	    cmocka_unit_test(test_later_wins_and_bad_later_ignored),
+	    cmocka_unit_test(test_secret_not_echoed),
+	    cmocka_unit_test(test_embedded_config),
+	    cmocka_unit_test(test_plan_json),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

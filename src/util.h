@@ -1,0 +1,58 @@
+/* SPDX-License-Identifier: MIT */
+/* Small helpers shared by every file: cleanup attributes, secrets, string and file utilities. */
+#ifndef FACTORY_INIT_UTIL_H
+#define FACTORY_INIT_UTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+static inline void closep(int *fd)
+{
+	if (*fd >= 0)
+		close(*fd);
+}
+static inline void freep(void *p)
+{
+	free(*(void **)p);
+}
+#define _cleanup_close_ __attribute__((cleanup(closep)))
+#define _cleanup_free_ __attribute__((cleanup(freep)))
+
+/* A buffer that holds key material: locked in memory where possible, wiped on release. */
+struct secret {
+	char *data;
+	size_t len;
+};
+void secret_free(struct secret *s);
+static inline void secretp(struct secret *s)
+{
+	secret_free(s);
+}
+#define _cleanup_secret_ __attribute__((cleanup(secretp)))
+/* Copies len bytes into a fresh locked buffer; returns -ENOMEM on failure. */
+int secret_set(struct secret *s, const void *data, size_t len);
+/* Reads a whole file (at most max bytes) into a secret. */
+int secret_read_file(struct secret *s, const char *path, size_t max);
+
+/* Monotonic milliseconds. */
+uint64_t now_ms(void);
+
+/* Bounded copy that always terminates; returns -ENAMETOOLONG if src did not fit. */
+int strscpy(char *dst, const char *src, size_t size);
+bool str_has_prefix(const char *s, const char *prefix);
+/* True when s contains a byte < 0x20 or 0x7f. */
+bool has_control_chars(const char *s);
+
+/* Reads a whole file into a NUL-terminated buffer (at most max bytes). */
+int read_file(const char *path, size_t max, char **out, size_t *out_len);
+/* Writes data to path atomically: temp file in the same directory, fsync, rename, fsync dir. */
+int write_file_atomic(const char *path, const void *data, size_t len, unsigned mode);
+/* mkdir -p with the given mode for missing components. */
+int mkdir_p(const char *path, unsigned mode);
+
+#endif
