@@ -72,8 +72,11 @@ $(BUILD)/fuzz/%: src/tests/%.c $(addprefix src/,$(PURE)) src/*.h Makefile
 	clang -g -O1 -std=gnu17 -DFACTORY_INIT_VERSION='"$(VERSION)"' -Isrc \
 		-fsanitize=fuzzer,address,undefined -o $@ $< $(addprefix src/,$(PURE)) $(LIBS)
 
+# libFuzzer adds what it finds to its first corpus folder: a copy in build/, seeded from the repo.
 fuzz: $(BUILD)/fuzz/fuzz_plan
-	$(BUILD)/fuzz/fuzz_plan -runs=$(FUZZ_RUNS) -max_len=4096 src/tests/corpus
+	@mkdir -p $(BUILD)/fuzz/corpus && cp src/tests/corpus/* $(BUILD)/fuzz/corpus/
+	$(BUILD)/fuzz/fuzz_plan -runs=$(FUZZ_RUNS) -max_len=4096 -artifact_prefix=$(BUILD)/fuzz/ \
+		$(BUILD)/fuzz/corpus
 
 # ---- initrd and QEMU ----------------------------------------------------------------------
 initrd: $(BUILD)/factory-init.static

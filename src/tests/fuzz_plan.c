@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* libFuzzer target: any command line plus any embedded config must yield a plan, never a crash,
- * and never a plan whose JSON carries the vm.luks.key value. */
+ * and the plan's JSON must not depend on the vm.luks.key value (only on whether one was given). */
 #include <json-c/json.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -24,8 +24,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct plan p;
 	if (plan_build(cmdline, embedded, &p) == 0) {
 		char *text = plan_to_json(&p);
-		if (text && p.key.data && p.key.len >= 8 && strstr(text, p.key.data))
-			abort();
+		if (text && p.key.data) {
+			memset(p.key.data, '#', p.key.len);
+			char *again = plan_to_json(&p);
+			if (again && strcmp(text, again) != 0)
+				abort();
+			free(again);
+		}
 		free(text);
 		plan_free(&p);
 	}
