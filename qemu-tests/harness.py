@@ -114,7 +114,8 @@ class BootResult:
     """What one boot produced.  Fields filled from the ``@@`` lines.
 
     raw:            the whole console output (str, \\r removed).
-    timed_out:      QEMU was killed at the timeout.
+    timed_out:      QEMU was killed: at the timeout, or because it did not
+                    exit within EXIT_GRACE seconds after ``@@DONE``.
     exit_status:    QEMU's exit code (negative: killed by that signal).
     wall_time:      seconds from starting QEMU until it exited.
     done:           ``@@DONE`` was seen (the reporter ran to the end).

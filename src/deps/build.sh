@@ -110,14 +110,19 @@ chmod 755 "$STAGE"
 on_exit() {
     local rc=$?
     if [ $rc -ne 0 ]; then
-        local f
+        kill_jobs
+        local f shown=
         for f in "$LOGDIR"/*.log; do
-            [ -s "$f" ] || continue
-            if grep -q '^### FAILED' "$f" 2>/dev/null || [ "$f" = "$LOG" ]; then
+            if grep -q '^### FAILED' "$f" 2>/dev/null; then
                 printf '\n[deps] ---- last lines of %s ----\n' "$f" >&2
                 tail -n 40 "$f" >&2
+                shown=1
             fi
         done
+        if [ -z "$shown" ] && [ -s "$LOG" ]; then
+            printf '\n[deps] ---- last lines of %s ----\n' "$LOG" >&2
+            tail -n 40 "$LOG" >&2
+        fi
         printf '[deps] build FAILED (rc=%s); logs in %s\n' "$rc" "$LOGDIR" >&2
     fi
     rm -rf "$WORK" "$STAGE"
@@ -260,7 +265,7 @@ build_tpm2_tss() {
     ./bootstrap     # Debian's: writes VERSION, file lists, runs autoreconf
     ./configure "${DIRS[@]}" --with-runstatedir=/run \
         --enable-static --disable-shared --enable-nodl --with-crypto=mbed \
-        --disable-fapi --disable-policy --disable-vendor --disable-util-io \
+        --disable-fapi --disable-policy --disable-vendor \
         --disable-tcti-mssim --disable-tcti-swtpm --disable-tcti-pcap \
         --disable-tcti-libtpms --disable-tcti-cmd --disable-tcti-spi-helper \
         --disable-tcti-spi-ltt2go --disable-tcti-spidev --disable-tcti-spi-ftdi \
@@ -277,9 +282,13 @@ build_tpm2_tss() {
           "$STAGE/include/tss2/tss2_tctildr.h"
 }
 
-build_cryptsetup() {   # needs util-linux and lvm2 in $STAGE
+prep_cryptsetup() {    # independent of the other packages
     unpack cryptsetup; cd "$WORK/cryptsetup"
     autoreconf -fi     # Debian's orig tarball is a git export without configure
+}
+
+build_cryptsetup() {   # needs util-linux and lvm2 in $STAGE
+    cd "$WORK/cryptsetup"
     PKG_CONFIG_PATH="$STAGE/lib/pkgconfig" \
     CPPFLAGS="-I$STAGE/include" LDFLAGS="-L$STAGE/lib" \
     ./configure "${DIRS[@]}" --runstatedir=/run \
@@ -287,51 +296,67 @@ build_cryptsetup() {   # needs util-linux and lvm2 in $STAGE
         --enable-libargon2 --disable-cryptsetup --disable-veritysetup \
         --disable-integritysetup --disable-ssh-token --disable-external-tokens \
         --disable-asciidoc --disable-selinux --disable-udev --disable-nls \
-        --disable-rpath --disable-dependency-tracking
+        --disable-rpath --disable-dependency-tracking \
+        --with-luks2-external-tokens-path=/usr/lib/cryptsetup
     make libcryptsetup.la
     make install-libLTLIBRARIES install-includeHEADERS install-pkgconfigDATA
 }
 
-PIDS=()
-NAMES=()
-start() {  # start <name> <function>: run in background, log to $LOGDIR/<name>.log
-    local name=$1 fn=$2
+# Jobs run in the background, one log each. Configure scripts are serial, so
+# independent packages overlap well on 2 cores; the critical path
+# (util-linux -> cryptsetup) runs at normal priority, the rest niced.
+declare -A JOB_PID=()
+start() {  # start <name> <niceness> <function>
+    local name=$1 prio=$2 fn=$3
     (
         set -eEuo pipefail
         trap 'echo "### FAILED: $name (line $LINENO)"' ERR
+        renice -n "$prio" -p "$BASHPID" >/dev/null 2>&1 || true
+        SECONDS=0; PS4='+ [${SECONDS}s] '; set -x
         "$fn"
         echo "### OK: $name"
     ) >"$LOGDIR/$name.log" 2>&1 </dev/null &
-    PIDS+=($!); NAMES+=("$name")
+    JOB_PID[$name]=$!
     say "building $name (log: $LOGDIR/$name.log)"
 }
-wait_all() {
-    local i rc=0
-    for i in "${!PIDS[@]}"; do
-        if wait "${PIDS[$i]}"; then
-            say "done ${NAMES[$i]} ($(( $(date +%s) - T0 ))s)"
+finish_job() {  # finish_job <name>...: wait for jobs, fail if any failed
+    local name rc=0
+    for name in "$@"; do
+        if wait "${JOB_PID[$name]}"; then
+            say "done $name ($(( $(date +%s) - T0 ))s)"
         else
-            say "FAILED ${NAMES[$i]}"; rc=1
-            grep -q '^### FAILED' "$LOGDIR/${NAMES[$i]}.log" \
-                || echo "### FAILED: ${NAMES[$i]}" >>"$LOGDIR/${NAMES[$i]}.log"
+            rc=1
+            grep -q '^### FAILED' "$LOGDIR/$name.log" \
+                || echo "### FAILED: $name" >>"$LOGDIR/$name.log"
         fi
+        unset "JOB_PID[$name]"
     done
-    PIDS=(); NAMES=()
-    return $rc
+    [ $rc -eq 0 ] || die "build step failed: see the log tail below"
+}
+kill_jobs() {   # stop our own still-running jobs and everything they started
+    local pid todo=() all=() kids
+    for pid in "${JOB_PID[@]}"; do todo+=("$pid"); done
+    while [ ${#todo[@]} -gt 0 ]; do
+        pid=${todo[0]}; todo=("${todo[@]:1}")
+        all+=("$pid")
+        kids=$(cat /proc/"$pid"/task/*/children 2>/dev/null || true)
+        for pid in $kids; do todo+=("$pid"); done
+    done
+    [ ${#all[@]} -eq 0 ] || kill "${all[@]}" 2>/dev/null || true
+    wait 2>/dev/null || true
 }
 
-# configure scripts are serial, so independent packages overlap well on 2 cores
-start util-linux build_util_linux
-start lvm2 build_lvm2
-start kmod build_kmod
-start tpm2-tss build_tpm2_tss
-wait_all || die "a package failed to build"
-start cryptsetup build_cryptsetup
-wait_all || die "cryptsetup failed to build"
+start util-linux 0 build_util_linux
+start lvm2 5 build_lvm2
+start cryptsetup-prep 5 prep_cryptsetup
+start kmod 10 build_kmod
+start tpm2-tss 10 build_tpm2_tss
+finish_job util-linux lvm2 cryptsetup-prep
+start cryptsetup 0 build_cryptsetup
+finish_job cryptsetup kmod tpm2-tss
 
 # ---- finish the prefix ------------------------------------------------------
 finish_prefix() {
-    set -x
     cd "$STAGE"
     rm -f lib/*.la
     rm -rf bin sbin share etc var
@@ -344,12 +369,21 @@ finish_prefix() {
     if grep -l -F "$WORK" lib/*.a; then echo "build directory baked into archives"; exit 1; fi
 
     pcq() { PKG_CONFIG_PATH="$STAGE/lib/pkgconfig" pkg-config "$@" "${PC_MODULES[@]}"; }
-    pcq --static --libs >static-ldflags.tmp
-    pcq --cflags >static-cflags.tmp
-    # prefix the lib dir explicitly so these archives win over /usr/lib ones
-    printf -- '-L%s/lib %s\n' "$PREFIX" "$(sed 's/  */ /g; s/ $//' static-ldflags.tmp)" >static-ldflags
-    printf -- '-I%s/include %s\n' "$PREFIX" "$(sed 's/  */ /g; s/ $//' static-cflags.tmp)" >static-cflags
-    rm -f static-ldflags.tmp static-cflags.tmp
+    # Our -L first (so these archives win over Debian's libblkid.a/libuuid.a),
+    # then each -l at its LAST position in pkg-config's order: for a
+    # dependency-ordered list that keeps every library after its users.
+    uniq_last() {
+        awk '{ for (i = 1; i <= NF; i++) { n++; w[n] = $i; last[$i] = n } }
+             END { s = ""; for (i = 1; i <= n; i++) if (last[w[i]] == i) s = s " " w[i]
+                   sub(/^ /, "", s); print s }'
+    }
+    printf -- '-L%s/lib %s %s %s\n' "$PREFIX" \
+        "$(pcq --static --libs-only-L | tr ' ' '\n' | grep -vxF -- "-L$PREFIX/lib" | uniq_last || true)" \
+        "$(pcq --static --libs-only-other | uniq_last)" \
+        "$(pcq --static --libs-only-l | uniq_last)" | tr -s ' ' >static-ldflags
+    printf -- '%s %s\n' "$(pcq --cflags-only-I | uniq_last)" \
+        "$(pcq --cflags-only-other | uniq_last)" | tr -s ' ' | sed 's/ $//' >static-cflags
+    cat static-ldflags static-cflags
 
     # prove the flags link a static program touching every library
     cat >"$WORK/linkcheck.c" <<'EOF'
@@ -397,8 +431,8 @@ EOF
         echo "gcc $(gcc -dumpfullversion)"
     } >versions
 }
-start finish finish_prefix
-wait_all || die "finishing the prefix failed"
+start finish 0 finish_prefix
+finish_job finish
 
 touch "$STAGE/.complete"
 mv -T "$STAGE" "$PREFIX"          # atomic: the prefix appears complete or not at all
