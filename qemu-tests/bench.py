@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""bench.py - `make bench`: boot time over the floor, per-step durations, sizes.
+
+Boots with QEMU's instruction clock (-icount shift=0,sleep=off), so guest time is repeatable:
+  * floor: a busybox initrd that only loads virtio and switches root (qemu-tests/floor.sh);
+  * factory-init: scenario luks-cmdline-key (LUKS2 with a PBKDF2-1000 key slot, Btrfs, overlay).
+Both boot the same kernel with the same two disks; each runs BENCH_RUNS times (default 5) and
+the median uptime at the stage-2 marker is reported, with the overhead between them, the median
+of each step's duration from status.json, and the initrd and binary sizes. Results also go to
+build/bench/results.json. Targets (README): overhead <= 1.5 s, initrd <= 4 MB, binary <= 3 MB.
+"""
+
+import json
+import os
+import statistics
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import harness  # noqa: E402
+import run  # noqa: E402
+from harness import Disk  # noqa: E402
+
+
+def main():
+    runs = int(os.environ.get("BENCH_RUNS", "5"))
+    ctx = run.Context(os.path.join(run.TOP, "build", "bench"), icount=True)
+    d = ctx.disks
+    with open(d.key) as f:
+        key = f.read()
+    floor = ctx.floor_initrd()
+    fi = run.fi_initrd(ctx, "bench")
+    floor_up, fi_up, steps = [], [], {}
+    for i in range(runs):
+        r = ctx.boot(f"bench-floor-{i}", floor, [Disk(d.factory), Disk(d.luks)],
+                     "console=ttyS0 panic=-1 quiet", timeout=300)
+        if r.uptime is None:
+            print(f"floor boot {i} failed: {r.log_path}")
+            return 1
+        floor_up.append(r.uptime)
+        r = ctx.boot(f"bench-fi-{i}", fi, [Disk(d.factory), Disk(d.luks)],
+                     f"{run.FI_APPEND} vm.luks.key={key}", timeout=300)
+        st = r.json(run.STATUS) if run.STATUS in r.files else None
+        if r.uptime is None or not st or st["outcome"] != "persist":
+            print(f"factory-init boot {i} failed: {r.log_path}")
+            return 1
+        fi_up.append(r.uptime)
+        for s in st["steps"]:
+            steps.setdefault(s["name"], []).append(s["ms"])
+        steps.setdefault("total", []).append(st["total_ms"])
+        print(f"run {i + 1}/{runs}: floor {floor_up[-1]:.2f} s, factory-init {fi_up[-1]:.2f} s",
+              flush=True)
+    res = {
+        "runs": runs,
+        "clock": "icount shift=0,sleep=off",
+        "floor_uptime_s": statistics.median(floor_up),
+        "factory_init_uptime_s": statistics.median(fi_up),
+        "overhead_s": statistics.median(fi_up) - statistics.median(floor_up),
+        "steps_ms": {k: statistics.median(v) for k, v in steps.items()},
+        "initrd_bytes": os.path.getsize(fi),
+        "floor_initrd_bytes": os.path.getsize(floor),
+        "binary_bytes": os.path.getsize(run.FACTORY_INIT),
+    }
+    with open(ctx.path("results.json"), "w") as f:
+        json.dump(res, f, indent=2)
+    print(f"\nmedian uptime at the stage-2 marker ({runs} runs, {res['clock']}):")
+    print(f"  floor (busybox, no work)   {res['floor_uptime_s']:.2f} s")
+    print(f"  factory-init (LUKS2+Btrfs) {res['factory_init_uptime_s']:.2f} s")
+    print(f"  overhead                   {res['overhead_s']:.2f} s   (target <= 1.5 s)")
+    print("factory-init steps (median ms): "
+          + ", ".join(f"{k} {v:g}" for k, v in res["steps_ms"].items()))
+    print(f"initrd: {res['initrd_bytes']} bytes (target <= 4000000); floor initrd "
+          f"{res['floor_initrd_bytes']} bytes")
+    print(f"binary: {res['binary_bytes']} bytes stripped, static (target <= 3000000)")
+    print(f"results: {ctx.path('results.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
