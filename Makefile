@@ -15,21 +15,29 @@ WARN := -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wstrict-prototypes -Wmissing-
 	-Wno-missing-field-initializers -Wno-format-truncation
 CFLAGS ?= -O2 -g
 CFLAGS += -std=gnu17 $(WARN) -DFACTORY_INIT_VERSION='"$(VERSION)"' -D_FILE_OFFSET_BITS=64
-LIBS := -lblkid -lmount -lcryptsetup -lkmod -ljson-c
+LIBS := -lblkid -lmount -lcryptsetup -lkmod -ljson-c -ltss2-esys -ltss2-tcti-device
 
 SRC := util.c log.c cmdline.c config.c plan.c status.c devices.c modules.c unlock.c mounts.c \
-	switchroot.c stage1.c main.c
+	switchroot.c tpm2.c stage1.c main.c
 # The pure files: what the unit tests and fuzzers link.
 PURE := util.c log.c cmdline.c config.c plan.c status.c devices.c
 TESTS := test_cmdline test_config test_plan test_status test_devices
 
 SANITIZE := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 
-.PHONY: all static deps unit check qemu-check demo bench initrd format format-check clean fuzz
+.PHONY: all static deps unit check qemu-check demo bench format format-check clean fuzz \
+	packages FORCE
 
 all: $(BUILD)/factory-init
 
-$(BUILD)/factory-init: $(addprefix src/,$(SRC)) src/*.h Makefile
+# The Debian packages the build and the tests need (installed when run as root).
+PACKAGES_STAMP := $(BUILD)/.packages
+packages $(PACKAGES_STAMP): src/deps/packages.sh
+	@mkdir -p $(BUILD)
+	bash src/deps/packages.sh all
+	@touch $(PACKAGES_STAMP)
+
+$(BUILD)/factory-init: $(addprefix src/,$(SRC)) src/*.h Makefile | $(PACKAGES_STAMP)
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS) -o $@ $(addprefix src/,$(SRC)) $(LIBS)
 
@@ -38,10 +46,16 @@ $(BUILD)/factory-init: $(addprefix src/,$(SRC)) src/*.h Makefile
 # the prefix; the prefix holds static-ldflags, the link flags in an order that resolves.
 DEPS_PREFIX_FILE := $(BUILD)/deps-prefix
 
-deps $(DEPS_PREFIX_FILE): src/deps/build.sh
+# It always runs (a no-op taking a fraction of a second once the cache holds the prefix); the
+# prefix file only changes, and so only triggers a relink, when the prefix does.
+deps $(DEPS_PREFIX_FILE): FORCE | $(PACKAGES_STAMP)
 	@mkdir -p $(BUILD)
-	bash src/deps/build.sh | tail -n 1 > $(DEPS_PREFIX_FILE).tmp
-	mv $(DEPS_PREFIX_FILE).tmp $(DEPS_PREFIX_FILE)
+	@bash src/deps/build.sh > $(DEPS_PREFIX_FILE).out
+	@P=$$(tail -n 1 $(DEPS_PREFIX_FILE).out); test -e "$$P/.complete" || \
+		{ echo "src/deps/build.sh gave no complete prefix"; exit 1; }; \
+	echo "$$P" > $(DEPS_PREFIX_FILE).tmp
+	@cmp -s $(DEPS_PREFIX_FILE).tmp $(DEPS_PREFIX_FILE) && rm $(DEPS_PREFIX_FILE).tmp || \
+		mv $(DEPS_PREFIX_FILE).tmp $(DEPS_PREFIX_FILE)
 
 STATIC_CFLAGS := -Os -std=gnu17 $(WARN) -DFACTORY_INIT_VERSION='"$(VERSION)"' \
 	-D_FILE_OFFSET_BITS=64 -ffunction-sections -fdata-sections
@@ -58,7 +72,7 @@ $(BUILD)/factory-init.static: $(addprefix src/,$(SRC)) src/*.h Makefile $(DEPS_P
 	@echo "$@: $$(stat -c %s $@) bytes, stripped, statically linked"
 
 # ---- unit tests ---------------------------------------------------------------------------
-$(BUILD)/tests/%: src/tests/%.c $(addprefix src/,$(PURE)) src/*.h Makefile
+$(BUILD)/tests/%: src/tests/%.c $(addprefix src/,$(PURE)) src/*.h Makefile | $(PACKAGES_STAMP)
 	@mkdir -p $(BUILD)/tests
 	$(CC) $(CFLAGS) $(SANITIZE) -Isrc -o $@ $< $(addprefix src/,$(PURE)) -lcmocka $(LIBS)
 
@@ -67,7 +81,7 @@ unit: $(addprefix $(BUILD)/tests/,$(TESTS))
 
 # ---- fuzzing (clang's libFuzzer): make fuzz FUZZ_RUNS=N ---------------------------------------
 FUZZ_RUNS ?= 20000
-$(BUILD)/fuzz/%: src/tests/%.c $(addprefix src/,$(PURE)) src/*.h Makefile
+$(BUILD)/fuzz/%: src/tests/%.c $(addprefix src/,$(PURE)) src/*.h Makefile | $(PACKAGES_STAMP)
 	@mkdir -p $(BUILD)/fuzz
 	clang -g -O1 -std=gnu17 -DFACTORY_INIT_VERSION='"$(VERSION)"' -Isrc \
 		-fsanitize=fuzzer,address,undefined -o $@ $< $(addprefix src/,$(PURE)) $(LIBS)
@@ -78,10 +92,7 @@ fuzz: $(BUILD)/fuzz/fuzz_plan
 	$(BUILD)/fuzz/fuzz_plan -runs=$(FUZZ_RUNS) -max_len=4096 -artifact_prefix=$(BUILD)/fuzz/ \
 		$(BUILD)/fuzz/corpus
 
-# ---- initrd and QEMU ----------------------------------------------------------------------
-initrd: $(BUILD)/factory-init.static
-	python3 qemu-tests/run.py --build-only
-
+# ---- QEMU ---------------------------------------------------------------------------------
 qemu-check: $(BUILD)/factory-init.static
 	python3 qemu-tests/run.py
 

@@ -28,6 +28,41 @@ void log_open_kmsg(void)
 	}
 }
 
+#define DEVKMSG_SYSCTL "/proc/sys/kernel/printk_devkmsg"
+static char devkmsg_saved[16];
+
+void log_kmsg_unlimit(void)
+{
+	char buf[sizeof(devkmsg_saved)];
+	int fd = open(DEVKMSG_SYSCTL, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return;
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return;
+	buf[n] = '\0';
+	/* A string sysctl takes a write only at offset 0: open it again to write. */
+	fd = open(DEVKMSG_SYSCTL, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return;
+	if (write(fd, "on\n", 3) == 3)
+		memcpy(devkmsg_saved, buf, (size_t)n + 1);
+	close(fd);
+}
+
+void log_kmsg_restore(void)
+{
+	if (!devkmsg_saved[0] || strncmp(devkmsg_saved, "on", 2) == 0)
+		return;
+	int fd = open(DEVKMSG_SYSCTL, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return;
+	if (write(fd, devkmsg_saved, strlen(devkmsg_saved)) < 0)
+		log_debug("cannot restore " DEVKMSG_SYSCTL ": %s", strerror(errno));
+	close(fd);
+}
+
 void log_set_console_level(int level)
 {
 	console_level = level;
@@ -71,12 +106,24 @@ void log_msg(int prio, const char *fmt, ...)
 		if (*p == '\n' || *p == '\r')
 			*p = ' ';
 
+	/* One write(2) per record: /dev/kmsg takes each write as one message (and dprintf's
+	 * stdio stream gives up on it, since kmsg refuses the lseek stdio tries first). */
+	char line[1200];
 	bool echoed = false;
-	if (kmsg_fd >= 0 && prio <= kmsg_level &&
-	    dprintf(kmsg_fd, "<%d>%s[%d]: %s%s\n", LOG_DAEMON | prio, ident, (int)getpid(),
-		    prefix(prio), msg) > 0)
-		echoed = prio < kernel_console_level; /* the kernel prints it on the console */
-	if (prio <= console_level && !echoed)
-		dprintf(STDERR_FILENO, "%s: %s%s\n", ident, prefix(prio), msg);
+	int n;
+	if (kmsg_fd >= 0 && prio <= kmsg_level) {
+		n = snprintf(line, sizeof(line), "<%d>%s[%d]: %s%s\n", LOG_DAEMON | prio, ident,
+			     (int)getpid(), prefix(prio), msg);
+		if (n > 0 && write(kmsg_fd, line,
+				   (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1) > 0)
+			echoed =
+			    prio < kernel_console_level; /* the kernel prints it on the console */
+	}
+	if (prio <= console_level && !echoed) {
+		n = snprintf(line, sizeof(line), "%s: %s%s\n", ident, prefix(prio), msg);
+		if (n > 0 && write(STDERR_FILENO, line,
+				   (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1) < 0)
+			errno = saved;
+	}
 	errno = saved;
 }

@@ -7,6 +7,13 @@
 
 /* Opens /dev/kmsg when it can; until then messages go to the console (stderr) only. */
 void log_open_kmsg(void);
+/*
+ * PID 1 only: lifts the kernel's rate limit on /dev/kmsg writers (10 lines per 5 s by default)
+ * for stage 1, and puts the previous setting back before stage 2 starts. A printk.devkmsg= on
+ * the command line locks the setting; then both are no-ops.
+ */
+void log_kmsg_unlimit(void);
+void log_kmsg_restore(void);
 /* Console threshold: LOG_WARNING with quiet, LOG_DEBUG with vm.debug, LOG_INFO otherwise. */
 void log_set_console_level(int level);
 /* kmsg threshold: LOG_INFO unless vm.debug. */

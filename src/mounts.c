@@ -96,12 +96,12 @@ int mount_store_overlay(const char *nix, const char *persist, char *why, size_t 
 	snprintf(upper, sizeof(upper), "%s/nix/upper", persist);
 	snprintf(work, sizeof(work), "%s/nix/work", persist);
 	snprintf(rostore, sizeof(rostore), "%s/.ro-store", nix);
-	if ((r = mkdir_p(upper, 0755)) < 0 || (r = mkdir_p(work, 0755)) < 0) {
+	if ((r = make_dirs(upper, 0755)) < 0 || (r = make_dirs(work, 0755)) < 0) {
 		snprintf(why, why_len, "cannot create %s/nix/{upper,work}: %s", persist,
 			 strerror(-r));
 		return r;
 	}
-	if ((r = mkdir_p(lower, 0755)) < 0 || (r = mount_bind(nix, lower, true)) < 0) {
+	if ((r = make_dirs(lower, 0755)) < 0 || (r = mount_bind(nix, lower, true)) < 0) {
 		snprintf(why, why_len, "cannot bind the factory %s: %s", nix, strerror(-r));
 		return r;
 	}
@@ -112,7 +112,7 @@ int mount_store_overlay(const char *nix, const char *persist, char *why, size_t 
 		return r;
 	}
 	/* Keep the read-only factory store reachable (Nix's local-overlay-store needs it). */
-	if ((r = mkdir_p(rostore, 0755)) < 0 || (r = mount_move(lower, rostore)) < 0) {
+	if ((r = make_dirs(rostore, 0755)) < 0 || (r = mount_move(lower, rostore)) < 0) {
 		snprintf(why, why_len, "cannot expose the factory store at %s: %s", rostore,
 			 strerror(-r));
 		umount2(nix, MNT_DETACH);

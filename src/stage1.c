@@ -13,6 +13,7 @@
 #include "plan.h"
 #include "status.h"
 #include "switchroot.h"
+#include "tpm2.h"
 #include "unlock.h"
 #include "util.h"
 
@@ -57,7 +58,7 @@ static int unlock_step(const struct plan *p, struct status *st, const char *devi
 	int r = -ENOKEY;
 	bool tried = false;
 
-	unlock_setup();
+	unlock_setup(p->debug);
 	if (p->key.data) {
 		tried = true;
 		st->key_in_cmdline = true;
@@ -166,6 +167,13 @@ void persist_setup(const struct plan *p, struct status *st, const char *root)
 	struct blockdev dev;
 	uint64_t t = now_ms();
 	int r;
+
+	/* Only a probe for now: the status says whether the TPM2 unlock could work here. */
+	r = tpm2_probe(st->tpm2, sizeof(st->tpm2));
+	status_step(st, "tpm2", now_ms() - t, r < 0 ? r : 0);
+	if (r > 0)
+		log_info("TPM2: %s", st->tpm2);
+	t = now_ms();
 
 	snprintf(persist_dir, sizeof(persist_dir), "%s/persist", root);
 	snprintf(nix_dir, sizeof(nix_dir), "%s/nix", root);
@@ -337,6 +345,7 @@ __attribute__((noreturn)) void stage1_run(int argc, char **argv)
 	mount_api_filesystems();
 	ensure_console();
 	log_open_kmsg();
+	log_kmsg_unlimit();
 	/* Do not let json-c seed its hash from the entropy pool this early (it would block). */
 	json_global_set_string_hash(JSON_C_STR_HASH_PERLLIKE);
 	build_plan(&p, NULL, EMBEDDED_CONFIG_PATH);
@@ -375,6 +384,7 @@ __attribute__((noreturn)) void stage1_run(int argc, char **argv)
 	write_records(&p, &st);
 	summarise(&st);
 
+	log_kmsg_restore();
 	t = now_ms();
 	r = switch_root("/sysroot");
 	if (r < 0)

@@ -67,6 +67,7 @@ char *status_to_json(const struct status *st)
 	json_object_object_add(o, "unlock", str_or_null(st->unlock));
 	json_object_object_add(o, "key_in_cmdline", json_object_new_boolean(st->key_in_cmdline));
 	json_object_object_add(o, "store", json_object_new_string(st->store));
+	json_object_object_add(o, "tpm2", str_or_null(st->tpm2));
 	struct json_object *w = json_object_new_array();
 	for (size_t i = 0; i < st->n_warnings; i++)
 		json_object_array_add(w, json_object_new_string(st->warnings[i]));
@@ -94,7 +95,7 @@ int status_write(const struct status *st, const char *root)
 	char dir[PATH_MAX], path[PATH_MAX];
 	snprintf(dir, sizeof(dir), "%s%s", root, STATUS_DIR);
 	snprintf(path, sizeof(path), "%s/status.json", dir);
-	int r = mkdir_p(dir, 0755);
+	int r = make_dirs(dir, 0755);
 	if (r < 0)
 		return r;
 	_cleanup_free_ char *text = status_to_json(st);

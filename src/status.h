@@ -27,6 +27,7 @@ struct status {
 	char unlock[32];     /* "none", "cmdline-key", "keyfile" or "" when not unlocked */
 	bool key_in_cmdline; /* the key sat in /proc/cmdline, readable by stage 2 */
 	char store[16];	     /* "overlay", "off" or "factory" (planned overlay not possible) */
+	char tpm2[128];	     /* "none", or the TPM found ("/dev/tpmrm0, manufacturer IBM") */
 	char warnings[STATUS_MAX_WARNINGS][256];
 	size_t n_warnings;
 	struct status_step steps[STATUS_MAX_STEPS];

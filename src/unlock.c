@@ -19,9 +19,10 @@ static void crypt_log_cb(int level, const char *msg, void *usrptr)
 	log_msg(prio, "cryptsetup: %s", msg);
 }
 
-void unlock_setup(void)
+void unlock_setup(bool debug)
 {
 	crypt_set_log_callback(NULL, crypt_log_cb, NULL);
+	crypt_set_debug_level(debug ? CRYPT_DEBUG_ALL : CRYPT_DEBUG_NONE);
 	crypt_metadata_locking(NULL, 0);
 }
 

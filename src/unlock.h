@@ -5,12 +5,13 @@
 
 #include "util.h"
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #define PERSIST_DM_NAME "persist"
 
 /* Routes libcryptsetup's messages into our log and turns off its lock files (none in an initrd). */
-void unlock_setup(void);
+void unlock_setup(bool debug);
 
 /*
  * Opens the LUKS device as /dev/mapper/<name> with key. Returns the key slot used (>= 0),

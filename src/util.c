@@ -202,7 +202,7 @@ int write_file_atomic(const char *path, const void *data, size_t len, unsigned m
 	return fsync_parent(path);
 }
 
-int mkdir_p(const char *path, unsigned mode)
+int make_dirs(const char *path, unsigned mode)
 {
 	char buf[PATH_MAX];
 	if (strscpy(buf, path, sizeof(buf)) < 0)

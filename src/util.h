@@ -53,6 +53,6 @@ int read_file(const char *path, size_t max, char **out, size_t *out_len);
 /* Writes data to path atomically: temp file in the same directory, fsync, rename, fsync dir. */
 int write_file_atomic(const char *path, const void *data, size_t len, unsigned mode);
 /* mkdir -p with the given mode for missing components. */
-int mkdir_p(const char *path, unsigned mode);
+int make_dirs(const char *path, unsigned mode);
 
 #endif

@@ -19,12 +19,16 @@
 #   .complete                 present once the prefix is usable
 #
 # Libraries taken from Debian's own -dev packages (not rebuilt): json-c,
-# argon2, mbedcrypto, zstd, lzma, z.
+# argon2, mbedcrypto (tss2), nettle (libcryptsetup's hashes and PBKDF2; its ciphers go
+# through the kernel's AF_ALG), zstd, lzma, z.
 #
-# <tag> is a hash of this file plus the versions of the toolchain and the
+# <tag> is a hash of this file plus the versions of the compiler and the
 # Debian -dev packages compiled against, so any change rebuilds into a new
 # prefix and never touches an old one.
 
+# The whole script is one { ... } block: bash parses it completely before
+# running anything, so editing this file during a build cannot derail it.
+{
 set -euo pipefail
 
 # ---- pinned sources --------------------------------------------------------
@@ -47,7 +51,7 @@ BUILD_DEPS=(
     gcc make pkg-config autoconf automake libtool autopoint gettext
     autoconf-archive libltdl-dev dpkg-dev apt debian-archive-keyring
     libjson-c-dev libargon2-dev libmbedtls-dev libpopt-dev
-    libzstd-dev liblzma-dev zlib1g-dev
+    libzstd-dev liblzma-dev zlib1g-dev nettle-dev
 )
 
 # pkg-config modules factory-init uses (static-ldflags/static-cflags).
@@ -71,12 +75,15 @@ for p in "${BUILD_DEPS[@]}"; do
 done
 [ ${#missing[@]} -eq 0 ] || die "missing Debian packages: apt-get install ${missing[*]}"
 
-# Tag: recipe + toolchain + the -dev packages whose headers/archives we use.
+# Tag: this recipe + the compiler + the Debian -dev packages whose headers the
+# libraries are compiled against. (Autotools, apt etc. are left out on purpose:
+# their updates do not change the result enough to warrant a rebuild.)
+TAG_PKGS=(libjson-c-dev libargon2-dev libmbedtls-dev libpopt-dev
+          libzstd-dev liblzma-dev zlib1g-dev nettle-dev)
 TAG=$( {
     cat "$SELF"
-    uname -m
     gcc -dumpfullversion -dumpmachine
-    dpkg-query -W -f='${Package}=${Version}\n' "${BUILD_DEPS[@]}" | sort
+    dpkg-query -W -f='${Package}=${Version}\n' "${TAG_PKGS[@]}"
 } | sha256sum | cut -c1-12 )
 DEPS=$CACHE/deps
 PREFIX=$DEPS/$TAG
@@ -88,8 +95,10 @@ fi
 
 mkdir -p "$DEPS" "$CACHE/logs"
 exec 9>"$DEPS/.lock"
-say "waiting for the cache lock $DEPS/.lock"
-flock 9
+if ! flock -n 9; then
+    say "another build holds $DEPS/.lock; waiting"
+    flock 9
+fi
 if [ -e "$PREFIX/.complete" ]; then      # someone else built it meanwhile
     echo "$PREFIX"
     exit 0
@@ -106,6 +115,64 @@ LOG=$LOGDIR/build.log
 WORK=$(mktemp -d "$DEPS/.work-$TAG.XXXXXX")
 STAGE=$(mktemp -d "$DEPS/.prefix-$TAG.XXXXXX")   # same filesystem: rename works
 chmod 755 "$STAGE"
+
+# Jobs run in the background, one log each. Configure scripts are serial, so
+# independent packages overlap well on 2 cores; the critical path
+# (util-linux -> cryptsetup, and tpm2-tss) runs at normal priority, the rest
+# niced.
+declare -A JOB_PID=()
+start() {  # start <name> <niceness> <function>
+    local name=$1 prio=$2 fn=$3
+    (
+        trap 'echo $? >"$WORK/.status-$name"' EXIT
+        set -eEuo pipefail
+        trap 'echo "### FAILED: $name (line $LINENO)"' ERR
+        renice -n "$prio" -p "$BASHPID" >/dev/null 2>&1 || true
+        SECONDS=0; PS4='+ [${SECONDS}s] '; set -x
+        "$fn"
+        echo "### OK: $name"
+    ) >"$LOGDIR/$name.log" 2>&1 </dev/null &
+    JOB_PID[$name]=$!
+    say "building $name (log: $LOGDIR/$name.log)"
+}
+finish_job() {  # finish_job <name>...: wait for the jobs; stop at the first failure
+    local want=("$@") left name rc state
+    while [ ${#want[@]} -gt 0 ]; do
+        left=()
+        for name in "${want[@]}"; do
+            if [ ! -s "$WORK/.status-$name" ]; then
+                # killed by a signal: no status written, but the job is gone
+                state=$(awk '{ print $3 }' "/proc/${JOB_PID[$name]}/stat" 2>/dev/null || true)
+                if [ "${state:-Z}" != Z ]; then left+=("$name"); continue; fi
+                rc=0; wait "${JOB_PID[$name]}" 2>/dev/null || rc=$?
+                [ -s "$WORK/.status-$name" ] || echo "$rc" >"$WORK/.status-$name"
+            fi
+            wait "${JOB_PID[$name]}" 2>/dev/null || true
+            unset "JOB_PID[$name]"
+            rc=$(cat "$WORK/.status-$name")
+            if [ "$rc" != 0 ]; then
+                grep -q '^### FAILED' "$LOGDIR/$name.log" \
+                    || echo "### FAILED: $name (exit $rc)" >>"$LOGDIR/$name.log"
+                die "$name failed: see the log tail below"
+            fi
+            say "done $name ($(( $(date +%s) - T0 ))s)"
+        done
+        want=("${left[@]}")
+        [ ${#want[@]} -eq 0 ] || sleep 1
+    done
+}
+kill_jobs() {   # stop our own still-running jobs and everything they started
+    local pid todo=() all=() kids
+    for pid in "${JOB_PID[@]}"; do todo+=("$pid"); done
+    while [ ${#todo[@]} -gt 0 ]; do
+        pid=${todo[0]}; todo=("${todo[@]:1}")
+        all+=("$pid")
+        kids=$(cat /proc/"$pid"/task/*/children 2>/dev/null || true)
+        for pid in $kids; do todo+=("$pid"); done
+    done
+    [ ${#all[@]} -eq 0 ] || kill "${all[@]}" 2>/dev/null || true
+    wait 2>/dev/null || true
+}
 
 on_exit() {
     local rc=$?
@@ -292,7 +359,7 @@ build_cryptsetup() {   # needs util-linux and lvm2 in $STAGE
     PKG_CONFIG_PATH="$STAGE/lib/pkgconfig" \
     CPPFLAGS="-I$STAGE/include" LDFLAGS="-L$STAGE/lib" \
     ./configure "${DIRS[@]}" --runstatedir=/run \
-        --enable-static --disable-shared --with-crypto_backend=kernel \
+        --enable-static --disable-shared --with-crypto_backend=nettle \
         --enable-libargon2 --disable-cryptsetup --disable-veritysetup \
         --disable-integritysetup --disable-ssh-token --disable-external-tokens \
         --disable-asciidoc --disable-selinux --disable-udev --disable-nls \
@@ -302,55 +369,11 @@ build_cryptsetup() {   # needs util-linux and lvm2 in $STAGE
     make install-libLTLIBRARIES install-includeHEADERS install-pkgconfigDATA
 }
 
-# Jobs run in the background, one log each. Configure scripts are serial, so
-# independent packages overlap well on 2 cores; the critical path
-# (util-linux -> cryptsetup) runs at normal priority, the rest niced.
-declare -A JOB_PID=()
-start() {  # start <name> <niceness> <function>
-    local name=$1 prio=$2 fn=$3
-    (
-        set -eEuo pipefail
-        trap 'echo "### FAILED: $name (line $LINENO)"' ERR
-        renice -n "$prio" -p "$BASHPID" >/dev/null 2>&1 || true
-        SECONDS=0; PS4='+ [${SECONDS}s] '; set -x
-        "$fn"
-        echo "### OK: $name"
-    ) >"$LOGDIR/$name.log" 2>&1 </dev/null &
-    JOB_PID[$name]=$!
-    say "building $name (log: $LOGDIR/$name.log)"
-}
-finish_job() {  # finish_job <name>...: wait for jobs, fail if any failed
-    local name rc=0
-    for name in "$@"; do
-        if wait "${JOB_PID[$name]}"; then
-            say "done $name ($(( $(date +%s) - T0 ))s)"
-        else
-            rc=1
-            grep -q '^### FAILED' "$LOGDIR/$name.log" \
-                || echo "### FAILED: $name" >>"$LOGDIR/$name.log"
-        fi
-        unset "JOB_PID[$name]"
-    done
-    [ $rc -eq 0 ] || die "build step failed: see the log tail below"
-}
-kill_jobs() {   # stop our own still-running jobs and everything they started
-    local pid todo=() all=() kids
-    for pid in "${JOB_PID[@]}"; do todo+=("$pid"); done
-    while [ ${#todo[@]} -gt 0 ]; do
-        pid=${todo[0]}; todo=("${todo[@]:1}")
-        all+=("$pid")
-        kids=$(cat /proc/"$pid"/task/*/children 2>/dev/null || true)
-        for pid in $kids; do todo+=("$pid"); done
-    done
-    [ ${#all[@]} -eq 0 ] || kill "${all[@]}" 2>/dev/null || true
-    wait 2>/dev/null || true
-}
-
 start util-linux 0 build_util_linux
 start lvm2 5 build_lvm2
 start cryptsetup-prep 5 prep_cryptsetup
 start kmod 10 build_kmod
-start tpm2-tss 10 build_tpm2_tss
+start tpm2-tss 0 build_tpm2_tss
 finish_job util-linux lvm2 cryptsetup-prep
 start cryptsetup 0 build_cryptsetup
 finish_job cryptsetup kmod tpm2-tss
@@ -404,16 +427,16 @@ int main(int argc, char **argv)
         struct crypt_device *cd;
         ESYS_CONTEXT *e;
         uuid_t u;
-        blkid_new_probe_from_filename(argv[0]);
-        mnt_new_context();
         uuid_generate(u);
-        crypt_init(&cd, argv[0]);
-        dm_task_create(0);
-        kmod_new(NULL, NULL);
-        Tss2_Tcti_Device_Init(NULL, NULL, NULL);
-        Esys_Initialize(&e, NULL, NULL);
-        Tss2_RC_Decode(0);
-        json_object_new_object();
+        return blkid_new_probe_from_filename(argv[0]) != NULL
+            && mnt_new_context() != NULL
+            && crypt_init(&cd, argv[0]) == 0
+            && dm_task_create(0) != NULL
+            && kmod_new(NULL, NULL) != NULL
+            && Tss2_Tcti_Device_Init(NULL, NULL, NULL) == 0
+            && Esys_Initialize(&e, NULL, NULL) == 0
+            && Tss2_RC_Decode(0) != NULL
+            && json_object_new_object() != NULL;
     }
     return 0;
 }
@@ -438,3 +461,5 @@ touch "$STAGE/.complete"
 mv -T "$STAGE" "$PREFIX"          # atomic: the prefix appears complete or not at all
 say "built $PREFIX in $(( $(date +%s) - T0 ))s"
 echo "$PREFIX"
+exit 0
+}
