@@ -4,10 +4,16 @@
 Boots with QEMU's instruction clock (-icount shift=0,sleep=off), so guest time is repeatable:
   * floor: a busybox initrd that only loads virtio and switches root (qemu-tests/floor.sh);
   * factory-init: scenario luks-cmdline-key (LUKS2 with a PBKDF2-1000 key slot, Btrfs, overlay).
-Both boot the same kernel with the same two disks; each runs BENCH_RUNS times (default 5) and
-the median uptime at the stage-2 marker is reported, with the overhead between them, the median
-of each step's duration from status.json, and the initrd and binary sizes. Results also go to
-build/bench/results.json. Targets (README): overhead <= 1.5 s, initrd <= 4 MB, binary <= 3 MB.
+Both boot the same kernel with the same two disks. The data disk is a copy-on-write overlay that
+one unmeasured boot has mounted once (a fleet VM's disk has been mounted before; Btrfs's first
+mount does one-off work). Each then runs BENCH_RUNS times (default 5); the median uptime at the
+stage-2 marker is reported, with the overhead between them, the median of each step's duration
+from status.json, and the initrd and binary sizes. Results also go to build/bench/results.json.
+Targets (README): overhead <= 1.5 s, initrd <= 4 MB, binary <= 3 MB.
+
+Guest time stays repeatable only while the guest computes: when it waits for disk I/O, QEMU
+jumps its clock to the next timer, so a loaded host can add tens of milliseconds to a step that
+reads the disk. The median absorbs most of that.
 """
 
 import json
@@ -30,16 +36,22 @@ def main():
         key = f.read()
     floor = ctx.floor_initrd()
     fi = run.fi_initrd(ctx, "bench")
+    vdb = harness.overlay(d.luks, ctx.path("bench-vdb.qcow2"))
+    disks = [Disk(d.factory), Disk(vdb, "qcow2", snapshot=False)]
+    append = f"{run.FI_APPEND} vm.luks.key={key}"
+    warm = ctx.boot("bench-warmup", fi, disks, append, timeout=300)
+    if run.STATUS not in warm.files or warm.json(run.STATUS)["outcome"] != "persist":
+        print(f"warm-up boot failed: {warm.log_path}")
+        return 1
     floor_up, fi_up, steps = [], [], {}
     for i in range(runs):
-        r = ctx.boot(f"bench-floor-{i}", floor, [Disk(d.factory), Disk(d.luks)],
-                     "console=ttyS0 panic=-1 quiet", timeout=300)
+        r = ctx.boot(f"bench-floor-{i}", floor, disks, "console=ttyS0 panic=-1 quiet",
+                     timeout=300)
         if r.uptime is None:
             print(f"floor boot {i} failed: {r.log_path}")
             return 1
         floor_up.append(r.uptime)
-        r = ctx.boot(f"bench-fi-{i}", fi, [Disk(d.factory), Disk(d.luks)],
-                     f"{run.FI_APPEND} vm.luks.key={key}", timeout=300)
+        r = ctx.boot(f"bench-fi-{i}", fi, disks, append, timeout=300)
         st = r.json(run.STATUS) if run.STATUS in r.files else None
         if r.uptime is None or not st or st["outcome"] != "persist":
             print(f"factory-init boot {i} failed: {r.log_path}")
@@ -53,6 +65,8 @@ def main():
     res = {
         "runs": runs,
         "clock": "icount shift=0,sleep=off",
+        "floor_uptimes_s": floor_up,
+        "factory_init_uptimes_s": fi_up,
         "floor_uptime_s": statistics.median(floor_up),
         "factory_init_uptime_s": statistics.median(fi_up),
         "overhead_s": statistics.median(fi_up) - statistics.median(floor_up),

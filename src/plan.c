@@ -13,14 +13,13 @@
 
 /*
  * Loaded in this order. dm_crypt needs xts (AES itself is built into common kernels, and naming
- * "aes" would pull aesni-intel, which fails on CPUs without AES-NI); cryptsetup's kernel crypto
- * backend talks to the kernel through AF_ALG; sha512_generic serves PBKDF2-SHA512 key slots (the
- * kind systemd-cryptenroll adds). btrfs pulls its dependencies and softdeps. A module built into
- * the kernel loads as a no-op.
+ * "aes" would pull aesni-intel, which fails on CPUs without AES-NI). libcryptsetup hashes in
+ * userspace (nettle) but decrypts key slots through the kernel (AF_ALG skcipher). btrfs pulls
+ * its dependencies and softdeps. A module built into the kernel loads as a no-op.
  */
 const char *const plan_modules[] = {
-    "virtio_pci", "virtio_blk", "ext4",		  "af_alg", "algif_hash", "algif_skcipher",
-    "dm_crypt",	  "xts",	"sha512_generic", "btrfs",  "overlay",
+    "virtio_pci", "virtio_blk", "ext4",	 "af_alg",  "algif_skcipher",
+    "dm_crypt",	  "xts",	"btrfs", "overlay",
 };
 const size_t plan_n_modules = ARRAY_SIZE(plan_modules);
 

@@ -61,7 +61,6 @@ static int unlock_step(const struct plan *p, struct status *st, const char *devi
 	unlock_setup(p->debug);
 	if (p->key.data) {
 		tried = true;
-		st->key_in_cmdline = true;
 		r = unlock_luks(device, PERSIST_DM_NAME, &p->key, why, sizeof(why));
 		if (r >= 0) {
 			strcpy(st->unlock, "cmdline-key");
@@ -167,6 +166,9 @@ void persist_setup(const struct plan *p, struct status *st, const char *root)
 	struct blockdev dev;
 	uint64_t t = now_ms();
 	int r;
+
+	/* Whatever the disk turns out to be, a key on the command line is readable in stage 2. */
+	st->key_in_cmdline = p->key.data != NULL;
 
 	/* Only a probe for now: the status says whether the TPM2 unlock could work here. */
 	r = tpm2_probe(st->tpm2, sizeof(st->tpm2));
