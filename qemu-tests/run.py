@@ -395,10 +395,11 @@ def blank_disk(ctx):
 
 @scenario("plain-btrfs")
 def plain_btrfs(ctx):
-    """An unencrypted Btrfs data disk: mounted with zstd, /nix overlay, no unlock."""
+    """An unencrypted Btrfs data disk: mounted with zstd, /nix overlay, no unlock. Root and data
+    disk are named by label here, so the tag matching is exercised too."""
     d = ctx.disks
     r = ctx.boot("plain-btrfs", fi_initrd(ctx, "fi-plain"), [Disk(d.factory), Disk(d.btrfs)],
-                 FI_APPEND)
+                 "console=ttyS0 panic=-1 quiet root=LABEL=factory vm.persist=LABEL=persist")
     st = status_of(ctx, r)
     ctx.check(st["outcome"] == "persist", f"outcome {st['outcome']}: {st['reason']}")
     ctx.check(st["luks"] is False and st["unlock"] is None, f"luks {st['luks']} {st['unlock']}")

@@ -166,7 +166,10 @@ int devices_wait(const struct dev_spec *spec, unsigned timeout_ms, struct blockd
 	uint64_t deadline = now_ms() + timeout_ms;
 	struct blockdev devs[32];
 	for (;;) {
-		size_t n = scan(devs, ARRAY_SIZE(devs));
+		/* A path names one device: probe just that one (every probe costs disk reads). */
+		size_t n = spec->kind == PERSIST_PATH ? (access(spec->spec, F_OK) == 0 &&
+							 devices_probe(spec->spec, devs) == 0)
+						      : scan(devs, ARRAY_SIZE(devs));
 		int i = devices_choose(spec, devs, n);
 		if (i >= 0) {
 			*out = devs[i];
