@@ -446,6 +446,51 @@ def config(ctx):
     want.update(hostname="web-2")
     ctx.check(r2.json(PERSIST_CONFIG) == want, f"boot 2: {r2.json(PERSIST_CONFIG)} != {want}")
 
+HELPER_INIT = """#!/bin/busybox sh
+# Stands in for another stage 1 (NixOS's scripted initrd): mounts the root itself, then calls
+# factory-init in helper mode for /persist, /nix and the config, then switches root.
+B=/bin/busybox
+$B mount -t proc proc /proc
+$B mount -t sysfs sysfs /sys
+$B mount -t devtmpfs devtmpfs /dev
+$B mount -t tmpfs tmpfs /run
+$B modprobe virtio_pci
+$B modprobe virtio_blk
+$B mount -o ro /dev/vda /sysroot
+/bin/factory-init --root=/sysroot
+echo "helper-init: factory-init --root exited with $?"
+for m in dev proc sys run; do $B mount --move /$m /sysroot/$m; done
+exec $B switch_root /sysroot /sbin/init
+"""
+
+
+@scenario("helper-mode")
+def helper_mode(ctx):
+    """factory-init --root=/sysroot inside another stage 1 sets up /persist, /nix and config."""
+    d = ctx.disks
+    script = ctx.path("helper-init.sh")
+    with open(script, "w") as f:
+        f.write(HELPER_INIT)
+    os.chmod(script, 0o755)
+    initrd = ctx.mkinitrd(ctx.path("helper.initrd"), script, fi_modules(),
+                          ["--file", f"{FACTORY_INIT}:/bin/factory-init:0755",
+                           "--file", "/bin/busybox:/bin/busybox:0755"])
+    r = ctx.boot("helper-mode", initrd, [Disk(d.factory), Disk(d.btrfs)],
+                 "console=ttyS0 panic=-1 quiet vm.hostname=helper-1")
+    ctx.check("factory-init --root exited with 0" in r.raw, "helper mode did not exit 0")
+    st = status_of(ctx, r)
+    ctx.check(st["mode"] == "helper", f"mode {st['mode']}")
+    ctx.check(st["outcome"] == "persist", f"outcome {st['outcome']}: {st['reason']}")
+    ctx.check(st["store"] == "overlay", f"store {st['store']}")
+    p = r.mount_at("/persist")
+    ctx.check(p is not None and p.fstype == "btrfs", f"/persist: {p}")
+    n = r.mount_at("/nix")
+    ctx.check(n is not None and n.fstype == "overlay", f"/nix: {n}")
+    ctx.check(r.marker_written, "no marker written under /nix")
+    for path in (RUN_CONFIG, PERSIST_CONFIG):
+        ctx.check(path in r.files and r.json(path).get("hostname") == "helper-1",
+                  f"{path}: {r.files.get(path)}")
+
 # ===========================================================================
 
 def main(argv=None):
