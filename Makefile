@@ -25,7 +25,7 @@ TESTS := test_cmdline test_config test_plan test_status test_devices
 
 SANITIZE := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 
-.PHONY: all static deps unit check qemu-check demo bench format format-check clean fuzz \
+.PHONY: all static deps unit cli check qemu-check demo bench format format-check clean fuzz \
 	packages FORCE
 
 all: $(BUILD)/factory-init
@@ -79,6 +79,10 @@ $(BUILD)/tests/%: src/tests/%.c $(addprefix src/,$(PURE)) src/*.h Makefile | $(P
 unit: $(addprefix $(BUILD)/tests/,$(TESTS))
 	@fail=0; for t in $^; do echo "== $$t"; $$t || fail=1; done; exit $$fail
 
+# The binary's command line: --help, --plan, exit codes.
+cli: $(BUILD)/factory-init
+	bash src/tests/cli.sh $(BUILD)/factory-init
+
 # ---- fuzzing (clang's libFuzzer): make fuzz FUZZ_RUNS=N ---------------------------------------
 FUZZ_RUNS ?= 20000
 $(BUILD)/fuzz/%: src/tests/%.c $(addprefix src/,$(PURE)) src/*.h Makefile | $(PACKAGES_STAMP)
@@ -96,7 +100,7 @@ fuzz: $(BUILD)/fuzz/fuzz_plan
 qemu-check: $(BUILD)/factory-init.static
 	python3 qemu-tests/run.py
 
-check: unit fuzz qemu-check
+check: unit cli fuzz qemu-check
 
 demo: $(BUILD)/factory-init.static
 	python3 qemu-tests/demo.py

@@ -491,6 +491,40 @@ def helper_mode(ctx):
         ctx.check(path in r.files and r.json(path).get("hostname") == "helper-1",
                   f"{path}: {r.files.get(path)}")
 
+@scenario("no-root-panic")
+def no_root_panic(ctx):
+    """No factory root: a clear, logged halt that honours panic= (here: reboot at once)."""
+    d = ctx.disks
+    r = ctx.boot("no-root-panic", fi_initrd(ctx, "fi-plain"), [Disk(d.factory)],
+                 "console=ttyS0 panic=-1 quiet root=/dev/vdz rootwait=2", timeout=90)
+    ctx.check(not r.stage2, "stage 2 started without a root")
+    ctx.check(not r.timed_out and r.exit_status == 0,
+              f"QEMU did not end by the guest's reboot: exit {r.exit_status}")
+    ctx.check("cannot boot: the factory root /dev/vdz did not appear within 2 s" in r.raw,
+              "the reason is not on the console")
+    ctx.check("rebooting now (panic=-1)" in r.raw, "panic=-1 not honoured")
+    ctx.check("Attempted to kill init" not in r.raw, "PID 1 exited")
+
+
+@scenario("initrd-reproducible")
+def initrd_reproducible(ctx):
+    """dracut-like/mkinitrd: the same inputs give the same bytes; the contents are as asked."""
+    a = ctx.mkinitrd(ctx.path("repro-a.initrd"), FACTORY_INIT, fi_modules(),
+                     ["--keyfile", ctx.disks.key])
+    b = ctx.mkinitrd(ctx.path("repro-b.initrd"), FACTORY_INIT, fi_modules(),
+                     ["--keyfile", ctx.disks.key])
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        ctx.check(fa.read() == fb.read(), "two builds differ")
+    size = os.path.getsize(a)
+    ctx.diag(f"initrd with factory-init and its modules: {size} bytes")
+    ctx.check(size <= 4_000_000, f"initrd is {size} bytes (target <= 4 MB)")
+    out = subprocess.run(["sh", "-c", f"zstd -dc {a} | cpio -t --quiet"], check=True,
+                         stdout=subprocess.PIPE, text=True).stdout.split()
+    for want in ("init", "dev/console", "etc/factory-init/keyfile"):
+        ctx.check(want in out, f"{want} missing from the initrd")
+    ctx.check(any(p.endswith("/btrfs.ko") for p in out), "btrfs.ko missing")
+    ctx.check(any(p.endswith("modules.dep.bin") for p in out), "module index missing")
+
 # ===========================================================================
 
 def main(argv=None):

@@ -228,8 +228,18 @@ static void apply_arg(struct plan *p, const char *key, const char *value)
 		}
 	} else if (strcmp(key, "quiet") == 0 && !value) {
 		p->quiet = true;
-	} else if (strcmp(key, "rootwait") == 0 && !value) {
-		p->root_timeout_s = 3600;
+	} else if (strcmp(key, "rootwait") == 0) {
+		/* Bare: wait (nearly) for ever, as the kernel does; =N: N seconds (kernel >= 6.5).
+		 */
+		char why[128];
+		if (!value)
+			p->root_timeout_s = 3600;
+		else if (vm_key_check("persist.timeout", value, why, sizeof(why)) == 0)
+			p->root_timeout_s = (unsigned)atoi(value);
+		else {
+			value_preview(value, shown, sizeof(shown));
+			plan_warn(p, "rootwait=\"%s\" %s; ignored", shown, why);
+		}
 	}
 }
 

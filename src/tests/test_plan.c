@@ -123,6 +123,22 @@ static void test_malformed_values_fall_back(void **state)
 	plan_free(&p);
 }
 
+static void test_rootwait(void **state)
+{
+	(void)state;
+	struct plan p;
+	assert_int_equal(plan_build("rootwait", NULL, &p), 0);
+	assert_int_equal(p.root_timeout_s, 3600);
+	plan_free(&p);
+	assert_int_equal(plan_build("rootwait=7", NULL, &p), 0);
+	assert_int_equal(p.root_timeout_s, 7);
+	plan_free(&p);
+	assert_int_equal(plan_build("rootwait=soon", NULL, &p), 0);
+	assert_int_equal(p.root_timeout_s, DEFAULT_ROOT_TIMEOUT_S);
+	assert_true(has_warning(&p, "rootwait="));
+	plan_free(&p);
+}
+
 static void test_later_wins_and_bad_later_ignored(void **state)
 {
 	(void)state;
@@ -206,6 +222,7 @@ int main(void)
 	    cmocka_unit_test(test_defaults),
 	    cmocka_unit_test(test_full_line),
 	    cmocka_unit_test(test_malformed_values_fall_back),
+	    cmocka_unit_test(test_rootwait),
 	    cmocka_unit_test(test_later_wins_and_bad_later_ignored),
 	    cmocka_unit_test(test_secret_not_echoed),
 	    cmocka_unit_test(test_embedded_config),

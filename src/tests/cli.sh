@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Command-line behaviour of the factory-init binary given as $1 (--help, --plan, exit codes).
+set -u
+bin=$1
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+pass=0 fail=0
+ok() { pass=$((pass + 1)); echo "ok - $1"; }
+bad() { fail=$((fail + 1)); echo "not ok - $1"; }
+check() { local name=$1; shift; if "$@"; then ok "$name"; else bad "$name"; fi; }
+
+"$bin" --help >"$tmp/help" 2>&1
+check "--help exits 0" test $? -eq 0
+check "--help names --plan and --root" grep -q -- '--root=DIR' "$tmp/help"
+check "--help names the vm.* keys" grep -q 'vm.persist.timeout' "$tmp/help"
+"$bin" --version >"$tmp/version"
+check "--version" grep -qx 'factory-init [0-9.]*' "$tmp/version"
+"$bin" --bogus >/dev/null 2>&1
+check "unknown option exits 2" test $? -eq 2
+"$bin" --plan --root=/x >/dev/null 2>&1
+check "--plan with --root exits 2" test $? -eq 2
+
+"$bin" --plan --config /nonexistent \
+	--cmdline 'root=LABEL=factory vm.hostname=bad_host! vm.luks.key=SECRET-9f2c vm.note="a b"' \
+	>"$tmp/plan" 2>"$tmp/err"
+check "--plan exits 0 on malformed values" test $? -eq 0
+check "--plan prints JSON" python3 -c 'import json,sys; json.load(open(sys.argv[1]))' "$tmp/plan"
+check "--plan names the malformed key" grep -q 'warning: vm.hostname="bad_host!"' "$tmp/err"
+check "--plan never prints the key" bash -c "! grep -q SECRET-9f2c '$tmp/plan' '$tmp/err'"
+check "--plan shows the quoted value" python3 -c '
+import json, sys
+p = json.load(open(sys.argv[1]))
+assert p["config"] == {"note": "a b"}, p["config"]
+assert p["root"]["device"] == "LABEL=factory"
+assert "cmdline-key" in p["unlock_methods"]' "$tmp/plan"
+
+printf '{"repo": "https://g/r.git", "store": "off"}' >"$tmp/cfg.json"
+"$bin" --plan --config "$tmp/cfg.json" --cmdline 'vm.branch=main' >"$tmp/plan2" 2>&1
+check "--plan merges the embedded config" python3 -c '
+import json, sys
+p = json.load(open(sys.argv[1]))
+assert p["config"] == {"repo": "https://g/r.git", "branch": "main"}, p["config"]
+assert p["store"] == "off"' "$tmp/plan2"
+
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]
