@@ -525,6 +525,28 @@ def initrd_reproducible(ctx):
     ctx.check(any(p.endswith("/btrfs.ko") for p in out), "btrfs.ko missing")
     ctx.check(any(p.endswith("modules.dep.bin") for p in out), "module index missing")
 
+@scenario("corrupt-config")
+def corrupt_config(ctx):
+    """An unreadable /persist/config.json is moved aside (never lost) and replaced by the merge."""
+    root = ctx.path("corrupt-config.root")
+    subprocess.run(["rm", "-rf", root], check=True)
+    os.makedirs(root)
+    with open(os.path.join(root, "config.json"), "w") as f:
+        f.write('{"hostname": "old", oops')
+    img = ctx.path("corrupt-config.img")
+    with open(img, "wb") as f:
+        f.truncate(256 << 20)
+    subprocess.run(["mkfs.btrfs", "-q", "-f", "-L", "persist", "--rootdir", root, img],
+                   check=True)
+    r = ctx.boot("corrupt-config", fi_initrd(ctx, "fi-plain"),
+                 [Disk(ctx.disks.factory), Disk(img)], f"{FI_APPEND} vm.hostname=new-1")
+    st = status_of(ctx, r)
+    ctx.check(st["outcome"] == "persist", f"outcome {st['outcome']}: {st['reason']}")
+    ctx.check(any("not valid JSON" in w for w in st["warnings"]), f"warnings {st['warnings']}")
+    ctx.check(any("config.json.bad" in w for w in st["warnings"]), f"warnings {st['warnings']}")
+    ctx.check(PERSIST_CONFIG in r.files and r.json(PERSIST_CONFIG) == {"hostname": "new-1"},
+              f"{PERSIST_CONFIG}: {r.files.get(PERSIST_CONFIG)}")
+
 # ===========================================================================
 
 def main(argv=None):
