@@ -537,7 +537,7 @@ def corrupt_config(ctx):
     with open(img, "wb") as f:
         f.truncate(256 << 20)
     subprocess.run(["mkfs.btrfs", "-q", "-f", "-L", "persist", "--rootdir", root, img],
-                   check=True)
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     r = ctx.boot("corrupt-config", fi_initrd(ctx, "fi-plain"),
                  [Disk(ctx.disks.factory), Disk(img)], f"{FI_APPEND} vm.hostname=new-1")
     st = status_of(ctx, r)

@@ -112,11 +112,11 @@ static int config_step(const struct plan *p, struct status *st, const char *root
 	struct json_object *persisted = NULL;
 	int r;
 
+	_cleanup_free_ char *saved = NULL;
 	snprintf(path, sizeof(path), "%s/persist/config.json", root);
 	if (st->persist) {
-		_cleanup_free_ char *text = NULL;
-		r = read_file(path, 1 << 20, &text, NULL);
-		if (r == 0 && config_layer_from_json(text, "/persist/config.json", &persisted, NULL,
+		r = read_file(path, 1 << 20, &saved, NULL);
+		if (r == 0 && config_layer_from_json(saved, "/persist/config.json", &persisted, NULL,
 						     config_warn, st) < 0) {
 			/* Keep the damaged file for inspection; never lose what was on /persist. */
 			char bad[PATH_MAX];
@@ -142,7 +142,8 @@ static int config_step(const struct plan *p, struct status *st, const char *root
 		return -ENOMEM;
 
 	int result = 0;
-	if (st->persist) {
+	/* Most boots change nothing: then leave the file (and the disk) alone. */
+	if (st->persist && !(saved && strcmp(saved, text) == 0)) {
 		r = write_file_atomic(path, text, strlen(text), 0644);
 		if (r < 0) {
 			char msg[256];
@@ -375,7 +376,9 @@ __attribute__((noreturn)) void stage1_run(int argc, char **argv)
 	snprintf(opts, sizeof(opts), "%s%s%s", p.root_rw ? "rw" : "ro", *p.rootflags ? "," : "",
 		 p.rootflags);
 	mkdir("/sysroot", 0755);
-	r = mount_fs(rootdev.devname, "/sysroot", p.rootfstype, opts, why, sizeof(why));
+	/* The probe already read the type: spare libmount a second probe of the same disk. */
+	const char *fstype = *p.rootfstype ? p.rootfstype : rootdev.type;
+	r = mount_fs(rootdev.devname, "/sysroot", fstype, opts, why, sizeof(why));
 	status_step(&st, "root", now_ms() - t, r);
 	if (r < 0)
 		fatal(&p, &st, "%s", why);
