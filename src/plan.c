@@ -23,6 +23,29 @@ const char *const plan_modules[] = {
 };
 const size_t plan_n_modules = ARRAY_SIZE(plan_modules);
 
+/* True when the space-separated word list has word. */
+static bool has_word(const char *list, const char *word)
+{
+	size_t n = strlen(word);
+	for (const char *p = list; (p = strstr(p, word)); p += n)
+		if ((p == list || p[-1] == ' ' || p[-1] == '\t') &&
+		    (p[n] == '\0' || p[n] == ' ' || p[n] == '\t' || p[n] == '\n'))
+			return true;
+	return false;
+}
+
+size_t plan_modules_for_cpu(const char *cpu_flags, const char **out, size_t max)
+{
+	size_t n = 0;
+	if (cpu_flags && max > 0 &&
+	    (has_word(cpu_flags, "ssse3") || has_word(cpu_flags, "avx") ||
+	     has_word(cpu_flags, "avx2") || has_word(cpu_flags, "sha_ni")))
+		out[n++] = "sha256_ssse3";
+	for (size_t i = 0; i < plan_n_modules && n < max; i++)
+		out[n++] = plan_modules[i];
+	return n;
+}
+
 const char *store_mode_name(enum store_mode m)
 {
 	return m == STORE_OVERLAY ? "overlay" : "off";
@@ -333,9 +356,12 @@ char *plan_to_json(const struct plan *p)
 	json_object_object_add(o, "unlock_methods", unlock);
 	json_object_object_add(o, "keyfile", json_object_new_string(p->keyfile));
 
+	/* Everything the initrd must carry; CPU-specific modules load only where the CPU can. */
+	const char *all[PLAN_MAX_MODULES];
+	size_t n_all = plan_modules_for_cpu("sha_ni", all, ARRAY_SIZE(all));
 	struct json_object *mods = json_object_new_array();
-	for (size_t i = 0; i < plan_n_modules; i++)
-		json_object_array_add(mods, json_object_new_string(plan_modules[i]));
+	for (size_t i = 0; i < n_all; i++)
+		json_object_array_add(mods, json_object_new_string(all[i]));
 	json_object_object_add(o, "modules", mods);
 
 	struct json_object *layers[] = {p->config_embedded, p->config_cmdline};

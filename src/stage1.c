@@ -116,8 +116,8 @@ static int config_step(const struct plan *p, struct status *st, const char *root
 	snprintf(path, sizeof(path), "%s/persist/config.json", root);
 	if (st->persist) {
 		r = read_file(path, 1 << 20, &saved, NULL);
-		if (r == 0 && config_layer_from_json(saved, "/persist/config.json", &persisted, NULL,
-						     config_warn, st) < 0) {
+		if (r == 0 && config_layer_from_json(saved, "/persist/config.json", &persisted,
+						     NULL, config_warn, st) < 0) {
 			/* Keep the damaged file for inspection; never lose what was on /persist. */
 			char bad[PATH_MAX];
 			snprintf(bad, sizeof(bad), "%s.bad", path);
@@ -244,6 +244,25 @@ config:
 	status_step(st, "config", now_ms() - t, r);
 }
 
+/* Loads the planned modules, the CPU-specific ones only where the CPU has the features. */
+static int load_modules(void)
+{
+	_cleanup_free_ char *cpuinfo = NULL;
+	const char *flags = NULL;
+	if (read_file("/proc/cpuinfo", 1 << 20, &cpuinfo, NULL) == 0) {
+		char *line = strstr(cpuinfo, "\nflags");
+		if (line && (line = strchr(line, ':'))) {
+			char *end = strchr(line, '\n');
+			if (end)
+				*end = '\0';
+			flags = line + 1;
+		}
+	}
+	const char *mods[PLAN_MAX_MODULES];
+	size_t n = plan_modules_for_cpu(flags, mods, ARRAY_SIZE(mods));
+	return modules_load(mods, n);
+}
+
 static void write_records(const struct plan *p, const struct status *st)
 {
 	int r = status_write(st, "");
@@ -360,7 +379,7 @@ __attribute__((noreturn)) void stage1_run(int argc, char **argv)
 	status_step(&st, "setup", now_ms() - t0, 0);
 
 	t = now_ms();
-	int failed = modules_load(plan_modules, plan_n_modules);
+	int failed = load_modules();
 	status_step(&st, "modules", now_ms() - t, failed < 0 ? failed : 0);
 	if (failed < 0)
 		warn_both(&st, "cannot load kernel modules: no module index in this initrd");
@@ -423,7 +442,7 @@ int helper_run(const char *root, const char *cmdline_override, const char *confi
 		warn_both(&st, p.warnings[i]);
 
 	t = now_ms();
-	int failed = modules_load(plan_modules, plan_n_modules);
+	int failed = load_modules();
 	status_step(&st, "modules", now_ms() - t, failed < 0 ? failed : 0);
 
 	persist_setup(&p, &st, root);

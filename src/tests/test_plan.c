@@ -123,6 +123,25 @@ static void test_malformed_values_fall_back(void **state)
 	plan_free(&p);
 }
 
+static void test_modules_for_cpu(void **state)
+{
+	(void)state;
+	const char *mods[PLAN_MAX_MODULES];
+	size_t n = plan_modules_for_cpu("fpu vme sse sse2 pni", mods, PLAN_MAX_MODULES);
+	assert_int_equal(n, plan_n_modules);
+	assert_string_equal(mods[0], plan_modules[0]);
+	n = plan_modules_for_cpu(" fpu sse2 ssse3 sse4_1", mods, PLAN_MAX_MODULES);
+	assert_int_equal(n, plan_n_modules + 1);
+	assert_string_equal(mods[0], "sha256_ssse3");
+	assert_string_equal(mods[n - 1], plan_modules[plan_n_modules - 1]);
+	n = plan_modules_for_cpu("fpu avx512f", mods, PLAN_MAX_MODULES); /* not "avx" */
+	assert_int_equal(n, plan_n_modules);
+	n = plan_modules_for_cpu("sha_ni", mods, PLAN_MAX_MODULES);
+	assert_string_equal(mods[0], "sha256_ssse3");
+	n = plan_modules_for_cpu(NULL, mods, 3);
+	assert_int_equal(n, 3);
+}
+
 static void test_rootwait(void **state)
 {
 	(void)state;
@@ -223,6 +242,7 @@ int main(void)
 	    cmocka_unit_test(test_full_line),
 	    cmocka_unit_test(test_malformed_values_fall_back),
 	    cmocka_unit_test(test_rootwait),
+	    cmocka_unit_test(test_modules_for_cpu),
 	    cmocka_unit_test(test_later_wins_and_bad_later_ignored),
 	    cmocka_unit_test(test_secret_not_echoed),
 	    cmocka_unit_test(test_embedded_config),
