@@ -141,20 +141,12 @@ static int uevent_socket(void)
 	return fd;
 }
 
-/* Drains pending uevents; true when one of them concerned a block device. */
-static bool drain_block_events(int fd)
+/* Drains pending uevents: each one is only a cue to rescan. */
+static void drain_events(int fd)
 {
-	bool block = false;
 	char buf[4096];
-	for (;;) {
-		ssize_t n = recv(fd, buf, sizeof(buf) - 1, 0);
-		if (n <= 0)
-			return block;
-		buf[n] = '\0';
-		for (char *p = buf; p < buf + n; p += strlen(p) + 1)
-			if (strcmp(p, "SUBSYSTEM=block") == 0)
-				block = true;
-	}
+	while (recv(fd, buf, sizeof(buf), 0) > 0)
+		;
 }
 
 int devices_wait(const struct dev_spec *spec, unsigned timeout_ms, struct blockdev *out)
@@ -186,9 +178,9 @@ int devices_wait(const struct dev_spec *spec, unsigned timeout_ms, struct blockd
 		}
 		struct pollfd pfd = {.fd = fd, .events = POLLIN};
 		int r = poll(&pfd, 1, wait);
+		/* Rescan after any event: a partition table read can complete without a block
+		 * uevent naming our device. */
 		if (r > 0)
-			drain_block_events(fd);
-		/* Rescan on any event: a partition table read can complete without a block uevent
-		 * naming our device. */
+			drain_events(fd);
 	}
 }

@@ -93,6 +93,14 @@ static const char *prefix(int prio)
 	}
 }
 
+/* Writes a record snprintf made (n: its return value), cut to what fit in size; true when
+ * written. */
+static bool write_record(int fd, const char *line, size_t size, int n)
+{
+	size_t len = n < 0 ? 0 : (size_t)n < size ? (size_t)n : size - 1;
+	return len > 0 && write(fd, line, len) > 0;
+}
+
 void log_msg(int prio, const char *fmt, ...)
 {
 	int saved = errno;
@@ -110,20 +118,13 @@ void log_msg(int prio, const char *fmt, ...)
 	 * stdio stream gives up on it, since kmsg refuses the lseek stdio tries first). */
 	char line[1200];
 	bool echoed = false;
-	int n;
-	if (kmsg_fd >= 0 && prio <= kmsg_level) {
-		n = snprintf(line, sizeof(line), "<%d>%s[%d]: %s%s\n", LOG_DAEMON | prio, ident,
-			     (int)getpid(), prefix(prio), msg);
-		if (n > 0 && write(kmsg_fd, line,
-				   (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1) > 0)
-			echoed =
-			    prio < kernel_console_level; /* the kernel prints it on the console */
-	}
-	if (prio <= console_level && !echoed) {
-		n = snprintf(line, sizeof(line), "%s: %s%s\n", ident, prefix(prio), msg);
-		if (n > 0 && write(STDERR_FILENO, line,
-				   (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1) < 0)
-			errno = saved;
-	}
+	if (kmsg_fd >= 0 && prio <= kmsg_level &&
+	    write_record(kmsg_fd, line, sizeof(line),
+			 snprintf(line, sizeof(line), "<%d>%s[%d]: %s%s\n", LOG_DAEMON | prio,
+				  ident, (int)getpid(), prefix(prio), msg)))
+		echoed = prio < kernel_console_level; /* the kernel prints it on the console */
+	if (prio <= console_level && !echoed)
+		write_record(STDERR_FILENO, line, sizeof(line),
+			     snprintf(line, sizeof(line), "%s: %s%s\n", ident, prefix(prio), msg));
 	errno = saved;
 }

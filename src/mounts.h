@@ -12,7 +12,7 @@ int mount_fs(const char *source, const char *target, const char *fstype, const c
 /* Bind-mounts source on target, read-only when ro. */
 int mount_bind(const char *source, const char *target, bool ro);
 int mount_move(const char *source, const char *target);
-/* Mounts the basic API file systems (/proc, /sys, /dev, /run) when they are not mounted yet. */
+/* PID 1 only, with nothing mounted yet: mounts /proc, /sys, /dev (devtmpfs) and /run (tmpfs). */
 int mount_api_filesystems(void);
 
 /*

@@ -318,6 +318,29 @@ static void build_plan(struct plan *p, const char *cmdline_override, const char 
 		explicit_bzero(cmdline, strlen(cmdline));
 }
 
+/* What both modes do first: the plan, log levels, the status, and the plan's warnings. */
+static void begin(struct plan *p, struct status *st, const char *mode, uint64_t t0,
+		  const char *cmdline_override, const char *config_path)
+{
+	/* Do not let json-c seed its hash from the entropy pool this early (it would block). */
+	json_global_set_string_hash(JSON_C_STR_HASH_PERLLIKE);
+	build_plan(p, cmdline_override, config_path);
+	apply_log_levels(p);
+	status_init(st, mode, t0);
+	log_info("factory-init " FACTORY_INIT_VERSION " starting (%s)", mode);
+	for (size_t i = 0; i < p->n_warnings; i++)
+		warn_both(st, p->warnings[i]);
+}
+
+static void modules_step(struct status *st)
+{
+	uint64_t t = now_ms();
+	int failed = load_modules();
+	status_step(st, "modules", now_ms() - t, failed < 0 ? failed : 0);
+	if (failed < 0)
+		warn_both(st, "cannot load kernel modules: no module index here");
+}
+
 __attribute__((noreturn)) static void fatal(const struct plan *p, struct status *st,
 					    const char *fmt, ...)
 {
@@ -368,21 +391,9 @@ __attribute__((noreturn)) void stage1_run(int argc, char **argv)
 	ensure_console();
 	log_open_kmsg();
 	log_kmsg_unlimit();
-	/* Do not let json-c seed its hash from the entropy pool this early (it would block). */
-	json_global_set_string_hash(JSON_C_STR_HASH_PERLLIKE);
-	build_plan(&p, NULL, EMBEDDED_CONFIG_PATH);
-	apply_log_levels(&p);
-	status_init(&st, "stage1", t0);
-	log_info("factory-init " FACTORY_INIT_VERSION " starting");
-	for (size_t i = 0; i < p.n_warnings; i++)
-		warn_both(&st, p.warnings[i]);
+	begin(&p, &st, "stage1", t0, NULL, EMBEDDED_CONFIG_PATH);
 	status_step(&st, "setup", now_ms() - t0, 0);
-
-	t = now_ms();
-	int failed = load_modules();
-	status_step(&st, "modules", now_ms() - t, failed < 0 ? failed : 0);
-	if (failed < 0)
-		warn_both(&st, "cannot load kernel modules: no module index in this initrd");
+	modules_step(&st);
 
 	t = now_ms();
 	struct dev_spec root_spec = {p.root[0] == '/' ? PERSIST_PATH : PERSIST_TAG, p.root};
@@ -429,21 +440,13 @@ __attribute__((noreturn)) void stage1_run(int argc, char **argv)
 
 int helper_run(const char *root, const char *cmdline_override, const char *config_path)
 {
-	uint64_t t0 = now_ms(), t;
+	uint64_t t0 = now_ms();
 	struct plan p;
 	struct status st;
 
 	log_open_kmsg();
-	json_global_set_string_hash(JSON_C_STR_HASH_PERLLIKE);
-	build_plan(&p, cmdline_override, config_path);
-	apply_log_levels(&p);
-	status_init(&st, "helper", t0);
-	for (size_t i = 0; i < p.n_warnings; i++)
-		warn_both(&st, p.warnings[i]);
-
-	t = now_ms();
-	int failed = load_modules();
-	status_step(&st, "modules", now_ms() - t, failed < 0 ? failed : 0);
+	begin(&p, &st, "helper", t0, cmdline_override, config_path);
+	modules_step(&st);
 
 	persist_setup(&p, &st, root);
 	st.total_ms = now_ms() - t0;
