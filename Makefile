@@ -15,13 +15,18 @@ WARN := -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wstrict-prototypes -Wmissing-
 	-Wno-missing-field-initializers -Wno-format-truncation
 CFLAGS ?= -O2 -g
 CFLAGS += -std=gnu17 $(WARN) -DFACTORY_INIT_VERSION='"$(VERSION)"' -D_FILE_OFFSET_BITS=64
-LIBS := -lblkid -lmount -lcryptsetup -lkmod -ljson-c -ltss2-esys -ltss2-tcti-device
+LIBS := -lblkid -lmount -lcryptsetup -lkmod -ljson-c -ltss2-esys -ltss2-mu -ltss2-rc \
+	-ltss2-tcti-device -lnettle
+# The development build also speaks to software TPMs (swtpm, mssim) for enroll-tpm2 on the host;
+# the static build carries only the device TCTI (the TCTI archives all define Tss2_Tcti_Info).
+DEV_TCTI := -DHAVE_TCTI_SWTPM -DHAVE_TCTI_MSSIM
+DEV_TCTI_LIBS := -ltss2-tcti-swtpm -ltss2-tcti-mssim
 
 SRC := util.c log.c cmdline.c config.c plan.c status.c devices.c modules.c unlock.c mounts.c \
-	switchroot.c tpm2.c stage1.c main.c
+	switchroot.c tpm2.c base64.c credentials.c passphrase.c token.c tpm2_policy.c enroll.c stage1.c main.c
 # The pure files: what the unit tests and fuzzers link.
-PURE := util.c log.c cmdline.c config.c plan.c status.c devices.c
-TESTS := test_cmdline test_config test_plan test_status test_devices
+PURE := util.c log.c cmdline.c config.c plan.c status.c devices.c base64.c credentials.c passphrase.c token.c tpm2_policy.c
+TESTS := test_cmdline test_config test_plan test_status test_devices test_credentials test_passphrase test_token test_tpm2_policy
 
 SANITIZE := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 
@@ -39,7 +44,7 @@ packages $(PACKAGES_STAMP): src/deps/packages.sh
 
 $(BUILD)/factory-init: $(addprefix src/,$(SRC)) src/*.h Makefile | $(PACKAGES_STAMP)
 	@mkdir -p $(BUILD)
-	$(CC) $(CFLAGS) -o $@ $(addprefix src/,$(SRC)) $(LIBS)
+	$(CC) $(CFLAGS) $(DEV_TCTI) -o $@ $(addprefix src/,$(SRC)) $(LIBS) $(DEV_TCTI_LIBS)
 
 # ---- the static binary -------------------------------------------------------------------
 # src/deps/build.sh builds the libraries Debian ships no .a for into $(CACHE) (once) and prints

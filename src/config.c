@@ -147,6 +147,56 @@ static int check_store(const char *v, char *why, size_t why_len)
 	return fail(why, why_len, "must be overlay or off");
 }
 
+static const char *const method_names[UNLOCK_N_METHODS] = {
+    [UNLOCK_TPM2] = "tpm2",	  [UNLOCK_CREDENTIAL] = "credential", [UNLOCK_KEY] = "key",
+    [UNLOCK_KEYFILE] = "keyfile", [UNLOCK_PASSPHRASE] = "passphrase",
+};
+
+const char *unlock_method_name(enum unlock_method m)
+{
+	return (unsigned)m < UNLOCK_N_METHODS ? method_names[m] : "?";
+}
+
+int unlock_methods_parse(const char *v, enum unlock_method *out, char *why, size_t why_len)
+{
+	int n = 0;
+	bool seen[UNLOCK_N_METHODS] = {false};
+	const char *p = v;
+	for (;;) {
+		size_t len = strcspn(p, ",+");
+		int found = -1;
+		for (int m = 0; m < UNLOCK_N_METHODS; m++)
+			if (strlen(method_names[m]) == len && strncmp(p, method_names[m], len) == 0)
+				found = m;
+		if (found < 0)
+			return fail(why, why_len,
+				    "must list methods from tpm2, credential, key, keyfile and "
+				    "passphrase, separated by commas");
+		if (seen[found])
+			return fail(why, why_len, "names a method twice");
+		seen[found] = true;
+		out[n++] = (enum unlock_method)found;
+		if (!p[len])
+			return n;
+		p += len + 1;
+	}
+}
+
+static int check_methods(const char *v, char *why, size_t why_len)
+{
+	enum unlock_method m[UNLOCK_N_METHODS];
+	int r = unlock_methods_parse(v, m, why, why_len);
+	return r < 0 ? r : 0;
+}
+
+static int check_tries(const char *v, char *why, size_t why_len)
+{
+	if (strlen(v) > 2 || !isdigit((unsigned char)v[0]) ||
+	    (v[1] && !isdigit((unsigned char)v[1])) || atoi(v) < 1 || atoi(v) > 10)
+		return fail(why, why_len, "must be a whole number from 1 to 10");
+	return 0;
+}
+
 static int check_key(const char *v, char *why, size_t why_len)
 {
 	if (!*v)
@@ -175,6 +225,10 @@ static const struct vm_key known_keys[] = {
     {"store", VM_KEY_CONTROL, check_store},
     {"luks.key", VM_KEY_SECRET, check_key},
     {"luks.keyfile", VM_KEY_CONTROL, check_abs_path},
+    {"luks", VM_KEY_CONTROL, check_methods},
+    {"luks.tries", VM_KEY_CONTROL, check_tries},
+    {"luks.timeout", VM_KEY_CONTROL, check_timeout},
+    {"luks.tpm2.timeout", VM_KEY_CONTROL, check_timeout},
     {"debug", VM_KEY_FLAG, check_flag},
 };
 

@@ -34,6 +34,22 @@ int vm_key_kind(const char *name, enum vm_key_kind *kind, char *why, size_t why_
  */
 int vm_key_check(const char *name, const char *value, char *why, size_t why_len);
 
+/* The ways to unlock the data disk, in the default order of attempts (vm.luks= reorders). */
+enum unlock_method {
+	UNLOCK_TPM2,	   /* a systemd-tpm2 token in the LUKS2 header */
+	UNLOCK_CREDENTIAL, /* a system credential named vm.luks.key */
+	UNLOCK_KEY,	   /* vm.luks.key on the kernel command line */
+	UNLOCK_KEYFILE,	   /* vm.luks.keyfile (default /etc/factory-init/keyfile in the initrd) */
+	UNLOCK_PASSPHRASE, /* typed on the console */
+	UNLOCK_N_METHODS,
+};
+const char *unlock_method_name(enum unlock_method m);
+/*
+ * Parses a vm.luks= list ("tpm2,passphrase"; '+' also separates) into out (UNLOCK_N_METHODS
+ * entries at most). Returns the count, or -EINVAL with why for an unknown or repeated name.
+ */
+int unlock_methods_parse(const char *v, enum unlock_method *out, char *why, size_t why_len);
+
 /* Checks a host name against RFC 1123 (labels of letters, digits and inner hyphens). */
 bool hostname_is_valid(const char *s);
 

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #define _GNU_SOURCE
+#include "enroll.h"
 #include "log.h"
 #include "plan.h"
 #include "stage1.h"
@@ -17,6 +18,7 @@ static void usage(FILE *f)
 	fputs("Usage: factory-init                     (as /init, PID 1, in an initrd)\n"
 	      "       factory-init --plan [--cmdline TEXT] [--config FILE]\n"
 	      "       factory-init --root=DIR [--cmdline TEXT] [--config FILE]\n"
+	      "       factory-init enroll-tpm2 DEVICE [--pcrs=LIST] [--tpm2-device=SPEC]\n"
 	      "\n"
 	      "Stage 1 of a factory VM: finds the data disk, unlocks LUKS2, mounts Btrfs on\n"
 	      "/persist, lays an overlay over /nix, writes the vm.* config for stage 2 and\n"
@@ -30,12 +32,17 @@ static void usage(FILE *f)
 	      "  --config FILE   the embedded config (default " EMBEDDED_CONFIG_PATH ")\n"
 	      "  -h, --help      this text\n"
 	      "  --version       print the version\n"
+	      "  enroll-tpm2     seal a new key to the TPM2 as a systemd-tpm2 token\n"
+	      "                  (factory-init enroll-tpm2 --help)\n"
 	      "\n"
 	      "Kernel command line: root= rootfstype= rootflags= ro rw rootwait[=N] init= panic= "
 	      "quiet\n"
 	      "  vm.persist=auto|/dev/X|LABEL=|UUID=|PARTUUID=|PARTLABEL=  (default auto)\n"
 	      "  vm.persist.timeout=SECONDS (default 10)  vm.persist.options=BTRFS-OPTIONS\n"
 	      "  vm.store=overlay|off  vm.luks.key=KEY  vm.luks.keyfile=PATH  vm.debug\n"
+	      "  vm.luks=tpm2,credential,key,keyfile,passphrase (methods, in order)\n"
+	      "  vm.luks.tries=N (3)  vm.luks.timeout=SECONDS (60)  vm.luks.tpm2.timeout=S (2)\n"
+	      "  systemd.set_credential=NAME:VALUE (also SMBIOS type 11 and fw_cfg credentials)\n"
 	      "  vm.hostname= vm.repo= vm.branch= and any other vm.* key: config for stage 2\n"
 	      "See factory-init(8) and README.md for the details.\n",
 	      f);
@@ -45,6 +52,8 @@ int main(int argc, char **argv)
 {
 	if (getpid() == 1)
 		stage1_run(argc, argv);
+	if (argc > 1 && strcmp(argv[1], "enroll-tpm2") == 0)
+		return enroll_tpm2_main(argc - 1, argv + 1);
 
 	enum { OPT_VERSION = 256, OPT_CMDLINE, OPT_CONFIG, OPT_PLAN, OPT_ROOT };
 	static const struct option opts[] = {

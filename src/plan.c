@@ -18,8 +18,8 @@
  * its dependencies and softdeps. A module built into the kernel loads as a no-op.
  */
 const char *const plan_modules[] = {
-    "virtio_pci", "virtio_blk", "ext4",	 "af_alg",  "algif_skcipher",
-    "dm_crypt",	  "xts",	"btrfs", "overlay",
+    "virtio_pci",     "virtio_blk", "qemu_fw_cfg", "ext4",  "af_alg",
+    "algif_skcipher", "dm_crypt",   "xts",	   "btrfs", "overlay",
 };
 const size_t plan_n_modules = ARRAY_SIZE(plan_modules);
 
@@ -77,6 +77,12 @@ static void set_defaults(struct plan *p)
 	strcpy(p->persist_options, DEFAULT_PERSIST_OPTIONS);
 	p->store = STORE_OVERLAY;
 	strcpy(p->keyfile, DEFAULT_KEYFILE);
+	for (int m = 0; m < UNLOCK_N_METHODS; m++)
+		p->methods[m] = (enum unlock_method)m;
+	p->n_methods = UNLOCK_N_METHODS;
+	p->luks_tries = DEFAULT_LUKS_TRIES;
+	p->luks_timeout_s = DEFAULT_LUKS_TIMEOUT_S;
+	p->tpm2_timeout_s = DEFAULT_TPM2_TIMEOUT_S;
 }
 
 static bool flag_value(const char *v)
@@ -107,6 +113,16 @@ static void apply_control(struct plan *p, const char *name, const char *value)
 	} else if (strcmp(name, "luks.keyfile") == 0) {
 		strscpy(p->keyfile, value, sizeof(p->keyfile));
 		p->keyfile_explicit = true;
+	} else if (strcmp(name, "luks") == 0) {
+		char why[160];
+		int n = unlock_methods_parse(value, p->methods, why, sizeof(why));
+		p->n_methods = n > 0 ? (size_t)n : p->n_methods;
+	} else if (strcmp(name, "luks.tries") == 0) {
+		p->luks_tries = (unsigned)atoi(value);
+	} else if (strcmp(name, "luks.timeout") == 0) {
+		p->luks_timeout_s = (unsigned)atoi(value);
+	} else if (strcmp(name, "luks.tpm2.timeout") == 0) {
+		p->tpm2_timeout_s = (unsigned)atoi(value);
 	} else if (strcmp(name, "debug") == 0) {
 		p->debug = flag_value(value);
 	}
@@ -291,12 +307,19 @@ int plan_build(const char *cmdline_text, const char *embedded_config, struct pla
 			p->n_init_args++;
 	}
 	cmdline_free(&c);
+	p->import_credentials = credentials_import_enabled(cmdline_text ? cmdline_text : "");
+	if (p->import_credentials && credentials_parse_cmdline(cmdline_text ? cmdline_text : "",
+							       &p->creds, warn_cb, p) == -ENOMEM) {
+		plan_free(p);
+		return -ENOMEM;
+	}
 	return 0;
 }
 
 void plan_free(struct plan *p)
 {
 	secret_free(&p->key);
+	credentials_free(&p->creds);
 	json_object_put(p->config_embedded);
 	json_object_put(p->config_cmdline);
 	for (size_t i = 0; i < p->n_init_args; i++)
@@ -350,11 +373,15 @@ char *plan_to_json(const struct plan *p)
 	json_object_object_add(o, "store", json_object_new_string(store_mode_name(p->store)));
 
 	struct json_object *unlock = json_object_new_array();
-	if (p->key.data)
-		json_object_array_add(unlock, json_object_new_string("cmdline-key"));
-	json_object_array_add(unlock, json_object_new_string("keyfile"));
+	for (size_t i = 0; i < p->n_methods; i++)
+		json_object_array_add(unlock,
+				      json_object_new_string(unlock_method_name(p->methods[i])));
 	json_object_object_add(o, "unlock_methods", unlock);
+	json_object_object_add(o, "key_on_cmdline", json_object_new_boolean(p->key.data != NULL));
 	json_object_object_add(o, "keyfile", json_object_new_string(p->keyfile));
+	json_object_object_add(o, "luks_tries", json_object_new_int((int)p->luks_tries));
+	json_object_object_add(o, "luks_timeout_s", json_object_new_int((int)p->luks_timeout_s));
+	json_object_object_add(o, "tpm2_timeout_s", json_object_new_int((int)p->tpm2_timeout_s));
 
 	/* Everything the initrd must carry; CPU-specific modules load only where the CPU can. */
 	const char *all[PLAN_MAX_MODULES];

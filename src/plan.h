@@ -6,6 +6,8 @@
 #ifndef FACTORY_INIT_PLAN_H
 #define FACTORY_INIT_PLAN_H
 
+#include "config.h"
+#include "credentials.h"
 #include "util.h"
 
 #include <stdbool.h>
@@ -36,6 +38,9 @@ enum persist_kind {
 #define DEFAULT_PERSIST_OPTIONS "compress=zstd"
 #define DEFAULT_ROOT_TIMEOUT_S 30
 #define EMBEDDED_CONFIG_PATH "/etc/vm-config.json"
+#define DEFAULT_LUKS_TRIES 3
+#define DEFAULT_LUKS_TIMEOUT_S 60
+#define DEFAULT_TPM2_TIMEOUT_S 2
 #define DEFAULT_KEYFILE "/etc/factory-init/keyfile" /* where dracut-like/ puts an embedded key */
 
 struct plan {
@@ -61,6 +66,19 @@ struct plan {
 	struct secret key; /* vm.luks.key, from /proc/cmdline (so stage 2 can read it too) */
 	char keyfile[PLAN_STR];
 	bool keyfile_explicit; /* vm.luks.keyfile was given: a missing file is worth a warning */
+	enum unlock_method methods[UNLOCK_N_METHODS]; /* vm.luks=: the order of attempts */
+	size_t n_methods;
+	unsigned luks_tries;	 /* vm.luks.tries: passphrase attempts */
+	unsigned luks_timeout_s; /* vm.luks.timeout: how long to wait for typing, 0 = ever */
+	unsigned tpm2_timeout_s; /* vm.luks.tpm2.timeout: wait for the TPM device */
+
+	/*
+	 * System credentials from the command line (systemd.set_credential=); stage 1 adds those
+	 * from fw_cfg and SMBIOS once their drivers are loaded, unless import_credentials is off
+	 * (systemd.import_credentials=0).
+	 */
+	struct credentials creds;
+	bool import_credentials;
 
 	/* Config layers (json-c objects, owned) before /persist is seen. */
 	struct json_object *config_embedded;

@@ -6,6 +6,7 @@
 #define _GNU_SOURCE
 #include "stage1.h"
 #include "config.h"
+#include "credentials.h"
 #include "devices.h"
 #include "log.h"
 #include "modules.h"
@@ -51,62 +52,21 @@ static const char *dev_describe(const struct plan *p, char *buf, size_t len)
 	return buf;
 }
 
-/* Tries each key source in order; sets st->unlock on success, the reason on failure. */
-static int unlock_step(const struct plan *p, struct status *st, const char *device)
+/* Unlocks the data disk with the first method that works (see unlock_run). */
+static int unlock_step(const struct plan *p, struct status *st, const char *device,
+		       const struct credentials *creds)
 {
-	char why[384] = "";
-	int r = -ENOKEY;
-	bool tried = false;
-
 	unlock_setup(p->debug);
-	if (p->key.data) {
-		tried = true;
-		r = unlock_luks(device, PERSIST_DM_NAME, &p->key, why, sizeof(why));
-		if (r >= 0) {
-			strcpy(st->unlock, "cmdline-key");
-			log_info("unlocked %s with vm.luks.key (key slot %d)", device, r);
-			warn_both(st, "the key came from the kernel command line: stage 2 can read "
-				      "it in /proc/cmdline");
-			return 0;
-		}
-		log_warn("vm.luks.key did not unlock %s: %s", device, why);
-		if (r != -EPERM)
-			goto out;
-	}
-	struct stat kst;
-	if (p->keyfile_explicit || stat(p->keyfile, &kst) == 0) {
-		_cleanup_secret_ struct secret key = {0};
-		tried = true;
-		int e = secret_read_file(&key, p->keyfile, 8192);
-		if (e < 0) {
-			snprintf(why, sizeof(why), "cannot read key file %s: %s", p->keyfile,
-				 strerror(-e));
-			log_warn("%s", why);
-		} else {
-			r = unlock_luks(device, PERSIST_DM_NAME, &key, why, sizeof(why));
-			if (r >= 0) {
-				strcpy(st->unlock, "keyfile");
-				log_info("unlocked %s with key file %s (key slot %d)", device,
-					 p->keyfile, r);
-				return 0;
-			}
-			log_warn("key file %s did not unlock %s: %s", p->keyfile, device, why);
-		}
-	}
-out:
-	if (!tried) {
-		status_reason(st,
-			      "%s is LUKS-encrypted but no key was given (vm.luks.key= or "
-			      "vm.luks.keyfile=)",
-			      device);
-		return -ENOKEY;
-	}
-	status_reason(st, "could not unlock %s: %s", device, why);
-	return r < 0 ? r : -ENOKEY;
+	int r = unlock_run(p, st, device, creds);
+	if (r == 0 && strcmp(st->unlock, "cmdline-key") == 0)
+		warn_both(st, "the key came from the kernel command line: stage 2 can read it in "
+			      "/proc/cmdline");
+	return r;
 }
 
 /* Merges the config layers and writes /persist/config.json and /run/vm-config.json. */
-static int config_step(const struct plan *p, struct status *st, const char *root)
+static int config_step(const struct plan *p, struct status *st, const char *root,
+		       const struct credentials *creds)
 {
 	char path[PATH_MAX];
 	struct json_object *persisted = NULL;
@@ -131,9 +91,14 @@ static int config_step(const struct plan *p, struct status *st, const char *root
 			warn_both(st, msg);
 		}
 	}
-	struct json_object *layers[] = {p->config_embedded, persisted, p->config_cmdline};
+	struct json_object *from_creds = NULL;
+	if (credentials_config_layer(creds, &from_creds, NULL, config_warn, st) < 0)
+		return -ENOMEM;
+	struct json_object *layers[] = {p->config_embedded, persisted, from_creds,
+					p->config_cmdline};
 	struct json_object *merged = config_merge(layers, ARRAY_SIZE(layers));
 	json_object_put(persisted);
+	json_object_put(from_creds);
 	if (!merged)
 		return -ENOMEM;
 	_cleanup_free_ char *text = config_to_string(merged);
@@ -171,6 +136,31 @@ void persist_setup(const struct plan *p, struct status *st, const char *root)
 	/* Whatever the disk turns out to be, a key on the command line is readable in stage 2. */
 	st->key_in_cmdline = p->key.data != NULL;
 
+	/*
+	 * System credentials: the command line's (in the plan), then fw_cfg and SMBIOS; in helper
+	 * mode also the directory the outer systemd filled. The values stay in locked memory.
+	 */
+	struct credentials creds = {0};
+	for (size_t i = 0; i < p->creds.n; i++)
+		credentials_add(&creds, p->creds.items[i].name, p->creds.items[i].value.data,
+				p->creds.items[i].value.len, p->creds.items[i].source, config_warn,
+				st);
+	if (p->import_credentials) {
+		if (strcmp(st->mode, "helper") == 0)
+			credentials_read_dir(credentials_default_dir(), &creds, config_warn, st);
+		credentials_read_system(NULL, &creds, config_warn, st);
+	}
+	if (creds.n > 0) {
+		char names[256] = "";
+		for (size_t i = 0, o = 0; i < creds.n && o < sizeof(names); i++)
+			o += (size_t)snprintf(names + o, sizeof(names) - o, "%s%s (%s)",
+					      i ? ", " : "", creds.items[i].name,
+					      credential_source_name(creds.items[i].source));
+		log_info("system credentials: %s", names);
+	}
+	status_step(st, "credentials", now_ms() - t, 0);
+	t = now_ms();
+
 	/* Only a probe for now: the status says whether the TPM2 unlock could work here. */
 	r = tpm2_probe(st->tpm2, sizeof(st->tpm2));
 	status_step(st, "tpm2", now_ms() - t, r < 0 ? r : 0);
@@ -198,7 +188,7 @@ void persist_setup(const struct plan *p, struct status *st, const char *root)
 	if (strcmp(dev.type, "crypto_LUKS") == 0) {
 		st->luks = true;
 		t = now_ms();
-		r = unlock_step(p, st, dev.devname);
+		r = unlock_step(p, st, dev.devname, &creds);
 		status_step(st, "unlock", now_ms() - t, r);
 		if (r < 0)
 			goto config;
@@ -240,7 +230,8 @@ config:
 	if (!st->persist)
 		log_err("booting on the factory store: %s", st->reason);
 	t = now_ms();
-	r = config_step(p, st, root);
+	r = config_step(p, st, root, &creds);
+	credentials_free(&creds);
 	status_step(st, "config", now_ms() - t, r);
 }
 

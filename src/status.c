@@ -46,6 +46,19 @@ void status_step(struct status *st, const char *name, uint64_t ms, int result)
 	s->result = result;
 }
 
+void status_attempt(struct status *st, const char *method, const char *source, int result,
+		    uint64_t ms, const char *detail)
+{
+	if (st->n_attempts >= STATUS_MAX_ATTEMPTS)
+		return;
+	struct status_attempt *a = &st->attempts[st->n_attempts++];
+	strscpy(a->method, method, sizeof(a->method));
+	strscpy(a->source, source ? source : "", sizeof(a->source));
+	a->result = result;
+	a->ms = ms;
+	strscpy(a->detail, detail ? detail : "", sizeof(a->detail));
+}
+
 static struct json_object *str_or_null(const char *s)
 {
 	return *s ? json_object_new_string(s) : NULL;
@@ -65,6 +78,23 @@ char *status_to_json(const struct status *st)
 	json_object_object_add(o, "fstype", str_or_null(st->fstype));
 	json_object_object_add(o, "luks", json_object_new_boolean(st->luks));
 	json_object_object_add(o, "unlock", str_or_null(st->unlock));
+	struct json_object *att = json_object_new_array();
+	for (size_t i = 0; i < st->n_attempts; i++) {
+		const struct status_attempt *a = &st->attempts[i];
+		struct json_object *j = json_object_new_object();
+		json_object_object_add(j, "method", json_object_new_string(a->method));
+		json_object_object_add(j, "source", str_or_null(a->source));
+		json_object_object_add(j, "ok", json_object_new_boolean(a->result >= 0));
+		if (a->result >= 0)
+			json_object_object_add(j, "keyslot", json_object_new_int(a->result));
+		else
+			json_object_object_add(j, "error",
+					       json_object_new_string(strerror(-a->result)));
+		json_object_object_add(j, "ms", json_object_new_int64((int64_t)a->ms));
+		json_object_object_add(j, "detail", str_or_null(a->detail));
+		json_object_array_add(att, j);
+	}
+	json_object_object_add(o, "unlock_attempts", att);
 	json_object_object_add(o, "key_in_cmdline", json_object_new_boolean(st->key_in_cmdline));
 	json_object_object_add(o, "store", json_object_new_string(st->store));
 	json_object_object_add(o, "tpm2", str_or_null(st->tpm2));

@@ -17,14 +17,27 @@ struct status_step {
 	int result; /* 0 or a negative errno */
 };
 
+#define STATUS_MAX_ATTEMPTS 16
+
+/* One unlock attempt: which method, how it ended and why. */
+struct status_attempt {
+	char method[16]; /* "tpm2", "credential", "cmdline-key", "keyfile", "passphrase" */
+	char source[64]; /* which token, credential origin, file... ("token 0", "smbios") */
+	int result;	 /* the key slot opened (>= 0) or a negative errno */
+	uint64_t ms;
+	char detail[256]; /* the reason it failed, or "" */
+};
+
 struct status {
-	const char *mode;    /* "stage1" or "helper" */
-	bool persist;	     /* outcome: /persist mounted */
-	char reason[512];    /* why we fell back (or why the store is not as planned) */
-	char device[256];    /* the data disk we used or tried */
-	char fstype[32];     /* what blkid found on it */
-	bool luks;	     /* it was LUKS-encrypted */
-	char unlock[32];     /* "none", "cmdline-key", "keyfile" or "" when not unlocked */
+	const char *mode; /* "stage1" or "helper" */
+	bool persist;	  /* outcome: /persist mounted */
+	char reason[512]; /* why we fell back (or why the store is not as planned) */
+	char device[256]; /* the data disk we used or tried */
+	char fstype[32];  /* what blkid found on it */
+	bool luks;	  /* it was LUKS-encrypted */
+	char unlock[32];  /* the method that unlocked (as in status_attempt), "" if none */
+	struct status_attempt attempts[STATUS_MAX_ATTEMPTS];
+	size_t n_attempts;
 	bool key_in_cmdline; /* the key sat in /proc/cmdline, readable by stage 2 */
 	char store[16];	     /* "overlay", "off" or "factory" (planned overlay not possible) */
 	char tpm2[128];	     /* "none", or the TPM found ("/dev/tpmrm0, manufacturer IBM") */
@@ -38,6 +51,9 @@ struct status {
 void status_init(struct status *st, const char *mode, uint64_t started_ms);
 void status_warn(struct status *st, const char *msg);
 void status_reason(struct status *st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Records an unlock attempt (dropped past STATUS_MAX_ATTEMPTS). */
+void status_attempt(struct status *st, const char *method, const char *source, int result,
+		    uint64_t ms, const char *detail);
 void status_step(struct status *st, const char *name, uint64_t ms, int result);
 /* Pure: the status as JSON text; the caller frees it. */
 char *status_to_json(const struct status *st);

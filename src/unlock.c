@@ -1,12 +1,19 @@
 /* SPDX-License-Identifier: MIT */
 #define _GNU_SOURCE
 #include "unlock.h"
+#include "credentials.h"
 #include "log.h"
+#include "passphrase.h"
+#include "plan.h"
+#include "status.h"
+#include "token.h"
+#include "tpm2.h"
 
 #include <errno.h>
 #include <libcryptsetup.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
 static void crypt_log_cb(int level, const char *msg, void *usrptr)
 {
@@ -26,31 +33,280 @@ void unlock_setup(bool debug)
 	crypt_metadata_locking(NULL, 0);
 }
 
-int unlock_luks(const char *device, const char *name, const struct secret *key, char *why,
-		size_t why_len)
+int unlock_load(const char *device, struct crypt_device **cd, char *why, size_t why_len)
 {
-	struct crypt_device *cd = NULL;
-	int r = crypt_init(&cd, device);
+	int r = crypt_init(cd, device);
 	if (r < 0) {
 		snprintf(why, why_len, "cannot open %s: %s", device, strerror(-r));
+		*cd = NULL;
 		return r;
 	}
-	r = crypt_load(cd, CRYPT_LUKS, NULL);
+	r = crypt_load(*cd, CRYPT_LUKS, NULL);
 	if (r < 0) {
 		snprintf(why, why_len, "%s has no readable LUKS header: %s", device, strerror(-r));
-		crypt_free(cd);
+		unlock_free(cd);
 		return r;
 	}
-	r = crypt_activate_by_passphrase(cd, name, CRYPT_ANY_SLOT, key->data, key->len, 0);
+	return 0;
+}
+
+void unlock_free(struct crypt_device **cd)
+{
+	if (*cd)
+		crypt_free(*cd);
+	*cd = NULL;
+}
+
+int unlock_with_key(struct crypt_device *cd, const char *name, int keyslot,
+		    const struct secret *key, char *why, size_t why_len)
+{
+	int r = crypt_activate_by_passphrase(cd, name, keyslot < 0 ? CRYPT_ANY_SLOT : keyslot,
+					     key->data, key->len, 0);
 	if (r == -EPERM)
-		snprintf(why, why_len, "no key slot of %s accepts the key", device);
+		snprintf(why, why_len, "no key slot of %s accepts the key",
+			 crypt_get_device_name(cd));
 	else if (r < 0)
-		snprintf(why, why_len, "activating %s failed: %s", device, strerror(-r));
-	crypt_free(cd);
+		snprintf(why, why_len, "activating %s failed: %s", crypt_get_device_name(cd),
+			 strerror(-r));
 	return r;
+}
+
+int unlock_next_token(struct crypt_device *cd, const char *type, int *id, const char **json)
+{
+	for (int i = *id < 0 ? 0 : *id; i < LUKS2_MAX_TOKENS; i++) {
+		const char *t = NULL;
+		crypt_token_info info = crypt_token_status(cd, i, &t);
+		if (info == CRYPT_TOKEN_INVALID || info == CRYPT_TOKEN_INACTIVE || !t ||
+		    strcmp(t, type) != 0)
+			continue;
+		if (crypt_token_json_get(cd, i, json) < 0)
+			continue;
+		*id = i;
+		return 0;
+	}
+	return -ENOENT;
 }
 
 int unlock_close(const char *name)
 {
 	return crypt_deactivate(NULL, name);
+}
+
+/* ---- the chain of attempts ---------------------------------------------------------------- */
+
+struct chain {
+	const struct plan *p;
+	struct status *st;
+	const char *device;
+	struct crypt_device *cd;
+	const struct credentials *creds;
+	bool tried;	 /* some method had a key to try */
+	char why[384];	 /* the last failure, for the fallback reason */
+	const char *won; /* the method that opened the volume */
+};
+
+/* Records and logs one attempt; returns r. */
+static int attempt_done(struct chain *c, const char *method, const char *source, int r, uint64_t t0)
+{
+	uint64_t ms = now_ms() - t0;
+	c->tried = true;
+	if (r >= 0) {
+		log_info("unlocked %s with %s%s%s (key slot %d, %llu ms)", c->device, method,
+			 *source ? " from " : "", source, r, (unsigned long long)ms);
+		c->won = method;
+	} else {
+		log_warn("%s%s%s did not unlock %s: %s", method, *source ? " from " : "", source,
+			 c->device, c->why);
+	}
+	status_attempt(c->st, method, source, r, ms, r >= 0 ? NULL : c->why);
+	return r;
+}
+
+static int try_key(struct chain *c, const char *method, const char *source, int keyslot,
+		   const struct secret *key, uint64_t t0)
+{
+	int r = unlock_with_key(c->cd, PERSIST_DM_NAME, keyslot, key, c->why, sizeof(c->why));
+	return attempt_done(c, method, source, r, t0);
+}
+
+static bool may_prompt(const struct chain *c)
+{
+	for (size_t i = 0; i < c->p->n_methods; i++)
+		if (c->p->methods[i] == UNLOCK_PASSPHRASE)
+			return true;
+	return false;
+}
+
+static int try_tpm2(struct chain *c)
+{
+	int id = 0, r = -ENOENT;
+	const char *json;
+	bool waited = false;
+	for (; unlock_next_token(c->cd, "systemd-tpm2", &id, &json) == 0; id++) {
+		uint64_t t0 = now_ms();
+		char source[32];
+		snprintf(source, sizeof(source), "token %d", id);
+		if (!waited) {
+			waited = true;
+			if (tpm2_wait_device(c->p->tpm2_timeout_s * 1000u) < 0) {
+				snprintf(
+				    c->why, sizeof(c->why),
+				    "no TPM2 device appeared within %u s (vm.luks.tpm2.timeout)",
+				    c->p->tpm2_timeout_s);
+				return attempt_done(c, "tpm2", source, -ENODEV, t0);
+			}
+		}
+		struct tpm2_token tok;
+		if ((r = tpm2_token_parse(json, &tok, c->why, sizeof(c->why))) < 0) {
+			attempt_done(c, "tpm2", source, r, t0);
+			continue;
+		}
+		_cleanup_secret_ struct secret pin = {0};
+		_cleanup_secret_ struct secret pass = {0};
+		if (tpm2_token_needs_pin(&tok) && may_prompt(c)) {
+			char prompt[320];
+			snprintf(prompt, sizeof(prompt), "TPM2 PIN for %s: ", c->device);
+			r = passphrase_ask(prompt, c->p->luks_timeout_s, &pin);
+			if (r < 0)
+				log_warn("no TPM2 PIN typed: %s", strerror(-r));
+		}
+		r = tpm2_unseal(NULL, &tok, pin.data ? &pin : NULL, &pass, c->why, sizeof(c->why));
+		if (r >= 0) {
+			int slot = tok.n_keyslots > 0 ? tok.keyslots[0] : -1;
+			r = try_key(c, "tpm2", source, slot, &pass, t0);
+		} else {
+			attempt_done(c, "tpm2", source, r, t0);
+		}
+		tpm2_token_free(&tok);
+		if (r >= 0)
+			return r;
+	}
+	if (id == 0 && r == -ENOENT)
+		log_debug("%s has no systemd-tpm2 token", c->device);
+	return r;
+}
+
+static int try_credential(struct chain *c)
+{
+	const struct credential *cred = c->creds ? credentials_find(c->creds, "vm.luks.key") : NULL;
+	if (!cred)
+		return -ENOENT;
+	return try_key(c, "credential", credential_source_name(cred->source), -1, &cred->value,
+		       now_ms());
+}
+
+static int try_cmdline_key(struct chain *c)
+{
+	if (!c->p->key.data)
+		return -ENOENT;
+	return try_key(c, "cmdline-key", "", -1, &c->p->key, now_ms());
+}
+
+static int try_keyfile(struct chain *c)
+{
+	struct stat kst;
+	if (!c->p->keyfile_explicit && stat(c->p->keyfile, &kst) < 0)
+		return -ENOENT;
+	uint64_t t0 = now_ms();
+	_cleanup_secret_ struct secret key = {0};
+	int r = secret_read_file(&key, c->p->keyfile, 8192);
+	if (r < 0) {
+		snprintf(c->why, sizeof(c->why), "cannot read key file %s: %s", c->p->keyfile,
+			 strerror(-r));
+		return attempt_done(c, "keyfile", c->p->keyfile, r, t0);
+	}
+	return try_key(c, "keyfile", c->p->keyfile, -1, &key, t0);
+}
+
+static int try_passphrase(struct chain *c)
+{
+	int r = -ENOENT;
+	for (unsigned i = 1; i <= c->p->luks_tries; i++) {
+		char prompt[320], source[32];
+		snprintf(prompt, sizeof(prompt), "Passphrase for %s (try %u of %u): ", c->device, i,
+			 c->p->luks_tries);
+		snprintf(source, sizeof(source), "console, try %u", i);
+		uint64_t t0 = now_ms();
+		_cleanup_secret_ struct secret pass = {0};
+		r = passphrase_ask(prompt, c->p->luks_timeout_s, &pass);
+		if (r < 0 && r != -E2BIG) {
+			snprintf(c->why, sizeof(c->why), "%s",
+				 r == -ETIMEDOUT
+				     ? "nobody typed a passphrase in time (vm.luks.timeout)"
+				 : r == -ECANCELED ? "the passphrase prompt was cancelled"
+						   : "no console to ask for a passphrase on");
+			return attempt_done(c, "passphrase", source, r, t0);
+		}
+		if (r == -E2BIG) {
+			snprintf(c->why, sizeof(c->why), "the passphrase typed was too long");
+			attempt_done(c, "passphrase", source, r, t0);
+			continue;
+		}
+		r = try_key(c, "passphrase", source, -1, &pass, t0);
+		if (r != -EPERM)
+			return r;
+	}
+	return r;
+}
+
+int unlock_run(const struct plan *p, struct status *st, const char *device,
+	       const struct credentials *creds)
+{
+	struct chain c = {.p = p, .st = st, .device = device, .creds = creds};
+	int r = unlock_load(device, &c.cd, c.why, sizeof(c.why));
+	if (r < 0) {
+		status_reason(st, "%s", c.why);
+		return r;
+	}
+	for (size_t i = 0; i < p->n_methods && !c.won; i++) {
+		switch (p->methods[i]) {
+		case UNLOCK_TPM2:
+			r = try_tpm2(&c);
+			break;
+		case UNLOCK_CREDENTIAL:
+			r = try_credential(&c);
+			break;
+		case UNLOCK_KEY:
+			r = try_cmdline_key(&c);
+			break;
+		case UNLOCK_KEYFILE:
+			r = try_keyfile(&c);
+			break;
+		case UNLOCK_PASSPHRASE:
+			r = try_passphrase(&c);
+			break;
+		default:
+			break;
+		}
+		/* A volume that is already open, or a device error, will not get better. */
+		if (r == -EBUSY || r == -EEXIST)
+			break;
+	}
+	unlock_free(&c.cd);
+	if (c.won) {
+		strscpy(st->unlock, c.won, sizeof(st->unlock));
+		return 0;
+	}
+	char methods[96] = "";
+	for (size_t i = 0, o = 0; i < p->n_methods && o < sizeof(methods); i++)
+		o += (size_t)snprintf(methods + o, sizeof(methods) - o, "%s%s", i ? "," : "",
+				      unlock_method_name(p->methods[i]));
+	if (!c.tried) {
+		status_reason(st,
+			      "%s is LUKS-encrypted and none of the unlock methods (%s) had a key",
+			      device, methods);
+	} else {
+		/* Every attempt's reason, so the one line says exactly why. */
+		char all[512];
+		size_t o = (size_t)snprintf(all, sizeof(all), "could not unlock %s (%s):", device,
+					    methods);
+		for (size_t i = 0; i < st->n_attempts && o < sizeof(all); i++)
+			o += (size_t)snprintf(
+			    all + o, sizeof(all) - o, "%s %s%s%s%s: %s", i ? ";" : "",
+			    st->attempts[i].method, *st->attempts[i].source ? " (" : "",
+			    st->attempts[i].source, *st->attempts[i].source ? ")" : "",
+			    st->attempts[i].detail);
+		status_reason(st, "%s", all);
+	}
+	return r < 0 ? r : -ENOKEY;
 }

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* Opening a LUKS volume with libcryptsetup. */
+/* Opening a LUKS volume with libcryptsetup: the header once, then one key or token at a time. */
 #ifndef FACTORY_INIT_UNLOCK_H
 #define FACTORY_INIT_UNLOCK_H
 
@@ -9,19 +9,49 @@
 #include <stddef.h>
 
 #define PERSIST_DM_NAME "persist"
+#define LUKS2_MAX_TOKENS 32
+
+struct crypt_device;
 
 /* Routes libcryptsetup's messages into our log and turns off its lock files (none in an initrd). */
 void unlock_setup(bool debug);
 
 /*
- * Opens the LUKS device as /dev/mapper/<name> with key. Returns the key slot used (>= 0),
- * -EPERM when no key slot accepts the key, or another negative errno (header unreadable, ...),
- * with a one-line explanation in why.
+ * Reads the LUKS header of device. Returns 0 with *cd set (free with unlock_free), or a negative
+ * errno with a one-line reason in why (-EINVAL: no readable LUKS header).
  */
-int unlock_luks(const char *device, const char *name, const struct secret *key, char *why,
-		size_t why_len);
+int unlock_load(const char *device, struct crypt_device **cd, char *why, size_t why_len);
+void unlock_free(struct crypt_device **cd);
+
+/*
+ * Opens the volume as /dev/mapper/<name> (name NULL: only checks the key) with key, trying
+ * keyslot (or every slot when keyslot < 0). Returns the key slot used (>= 0), -EPERM when no key
+ * slot accepts the key, or another negative errno, with a one-line explanation in why.
+ */
+int unlock_with_key(struct crypt_device *cd, const char *name, int keyslot,
+		    const struct secret *key, char *why, size_t why_len);
+
+/*
+ * Finds the first token at or after *id whose type is type; sets *id and *json (owned by cd) and
+ * returns 0, or -ENOENT when there is none left.
+ */
+int unlock_next_token(struct crypt_device *cd, const char *type, int *id, const char **json);
 
 /* Closes /dev/mapper/<name> again (after a failed mount). */
 int unlock_close(const char *name);
 
 #endif
+
+/* ---- the chain of attempts ---------------------------------------------------------------- */
+struct plan;
+struct status;
+struct credentials;
+
+/*
+ * Tries the plan's unlock methods in order (vm.luks=, default tpm2, credential, key, keyfile,
+ * passphrase) until one opens device as /dev/mapper/PERSIST_DM_NAME. Each method that does not
+ * apply is skipped; each attempt is logged and recorded in st->attempts; st->unlock names the
+ * winner. Returns 0, or a negative errno with the reason in st->reason.
+ */
+int unlock_run(const struct plan *p, struct status *st, const char *device,
+	       const struct credentials *creds);

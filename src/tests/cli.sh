@@ -32,7 +32,7 @@ import json, sys
 p = json.load(open(sys.argv[1]))
 assert p["config"] == {"note": "a b"}, p["config"]
 assert p["root"]["device"] == "LABEL=factory"
-assert "cmdline-key" in p["unlock_methods"]' "$tmp/plan"
+assert p["key_on_cmdline"] is True' "$tmp/plan"
 
 printf '{"repo": "https://g/r.git", "store": "off"}' >"$tmp/cfg.json"
 "$bin" --plan --config "$tmp/cfg.json" --cmdline 'vm.branch=main' >"$tmp/plan2" 2>&1

@@ -183,7 +183,7 @@ static void test_secret_not_echoed(void **state)
 	assert_int_equal(plan_build("vm.luks.key=TOPSECRET vm.debug", NULL, &p), 0);
 	char *json = plan_to_json(&p);
 	assert_null(strstr(json, "TOPSECRET"));
-	assert_non_null(strstr(json, "cmdline-key"));
+	assert_non_null(strstr(json, "\"key_on_cmdline\": true"));
 	free(json);
 	plan_free(&p);
 }
@@ -213,6 +213,71 @@ static void test_embedded_config(void **state)
 	assert_int_equal(plan_build("", "{oops", &p), 0);
 	assert_null(p.config_embedded);
 	assert_true(has_warning(&p, "/etc/vm-config.json: not valid JSON"));
+	plan_free(&p);
+}
+
+static void test_unlock_methods(void **state)
+{
+	(void)state;
+	struct plan p;
+	assert_int_equal(plan_build("", NULL, &p), 0);
+	assert_int_equal(p.n_methods, UNLOCK_N_METHODS);
+	assert_int_equal(p.methods[0], UNLOCK_TPM2);
+	assert_int_equal(p.methods[4], UNLOCK_PASSPHRASE);
+	assert_int_equal(p.luks_tries, DEFAULT_LUKS_TRIES);
+	assert_int_equal(p.luks_timeout_s, DEFAULT_LUKS_TIMEOUT_S);
+	plan_free(&p);
+
+	assert_int_equal(plan_build("vm.luks=passphrase,tpm2 vm.luks.tries=5 vm.luks.timeout=0 "
+				    "vm.luks.tpm2.timeout=7",
+				    NULL, &p),
+			 0);
+	assert_int_equal(p.n_methods, 2);
+	assert_int_equal(p.methods[0], UNLOCK_PASSPHRASE);
+	assert_int_equal(p.methods[1], UNLOCK_TPM2);
+	assert_int_equal(p.luks_tries, 5);
+	assert_int_equal(p.luks_timeout_s, 0);
+	assert_int_equal(p.tpm2_timeout_s, 7);
+	assert_int_equal(p.n_warnings, 0);
+	char *json = plan_to_json(&p);
+	assert_non_null(strstr(json, "\"passphrase\",\n    \"tpm2\""));
+	free(json);
+	plan_free(&p);
+
+	/* '+' separates too; a bad list, a repeat, a bad count: warned, defaults kept. */
+	assert_int_equal(plan_build("vm.luks=key+keyfile", NULL, &p), 0);
+	assert_int_equal(p.n_methods, 2);
+	assert_int_equal(p.methods[1], UNLOCK_KEYFILE);
+	plan_free(&p);
+	const char *bad[] = {"vm.luks=tpm3",	  "vm.luks=tpm2,tpm2",	"vm.luks=",
+			     "vm.luks=tpm2,,key", "vm.luks.tries=0",	"vm.luks.tries=11",
+			     "vm.luks.tries=x",	  "vm.luks.timeout=-1", "vm.luks.tpm2=1"};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		assert_int_equal(plan_build(bad[i], NULL, &p), 0);
+		assert_int_equal(p.n_methods, UNLOCK_N_METHODS);
+		assert_int_equal(p.luks_tries, DEFAULT_LUKS_TRIES);
+		assert_int_equal(p.luks_timeout_s, DEFAULT_LUKS_TIMEOUT_S);
+		assert_int_equal(p.n_warnings, 1);
+		plan_free(&p);
+	}
+}
+
+static void test_cmdline_credentials(void **state)
+{
+	(void)state;
+	struct plan p;
+	assert_int_equal(plan_build("systemd.set_credential=vm.hostname:web-1", NULL, &p), 0);
+	assert_true(p.import_credentials);
+	assert_int_equal(p.creds.n, 1);
+	assert_string_equal(p.creds.items[0].name, "vm.hostname");
+	assert_string_equal(p.creds.items[0].value.data, "web-1");
+	plan_free(&p);
+	assert_int_equal(plan_build("systemd.import_credentials=0 "
+				    "systemd.set_credential=vm.hostname:web-1",
+				    NULL, &p),
+			 0);
+	assert_false(p.import_credentials);
+	assert_int_equal(p.creds.n, 0);
 	plan_free(&p);
 }
 
@@ -246,6 +311,8 @@ int main(void)
 	    cmocka_unit_test(test_later_wins_and_bad_later_ignored),
 	    cmocka_unit_test(test_secret_not_echoed),
 	    cmocka_unit_test(test_embedded_config),
+	    cmocka_unit_test(test_unlock_methods),
+	    cmocka_unit_test(test_cmdline_credentials),
 	    cmocka_unit_test(test_plan_json),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

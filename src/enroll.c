@@ -1,0 +1,181 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Enrollment, the way systemd-cryptenroll --tpm2-device does it, so each side opens what the other
+ * enrolled: a fresh 32-byte secret sealed under the legacy primary key, a new key slot whose
+ * passphrase is base64(secret) with PBKDF2 at minimal cost (the secret has full entropy; argon2
+ * would only slow every boot down), and a systemd-tpm2 token naming that slot.
+ */
+#define _GNU_SOURCE
+#include "enroll.h"
+#include "log.h"
+#include "passphrase.h"
+#include "token.h"
+#include "tpm2.h"
+#include "tpm2_policy.h"
+#include "unlock.h"
+#include "util.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <libcryptsetup.h>
+#include <stdio.h>
+#include <string.h>
+
+static void usage(FILE *f)
+{
+	fputs("Usage: factory-init enroll-tpm2 DEVICE [--pcrs=LIST] [--tpm2-device=SPEC]\n"
+	      "                                 [--unlock-key-file=FILE]\n"
+	      "\n"
+	      "Seals a new random key to the TPM2, adds a LUKS2 key slot for it and writes a\n"
+	      "systemd-tpm2 token, as systemd-cryptenroll does: either tool unlocks what the\n"
+	      "other enrolled. DEVICE is a LUKS2 block device or image file.\n"
+	      "\n"
+	      "  --pcrs=LIST             PCRs of the SHA-256 bank to bind to, e.g. 7 or 0+7\n"
+	      "                          (default 7), each bound to its current value or to\n"
+	      "                          the one given as 7:sha256=HEX (the value it will\n"
+	      "                          have at boot); an empty list binds to nothing\n"
+	      "  --tpm2-device=SPEC      /dev/tpmrm0 (default, else /dev/tpm0), a device\n"
+	      "                          path, or swtpm:host=H,port=P where built in\n"
+	      "  --unlock-key-file=FILE  an existing key of DEVICE; else $PASSWORD, else\n"
+	      "                          a passphrase asked on the terminal\n",
+	      f);
+}
+
+static int existing_key(const char *file, struct secret *key)
+{
+	if (file) {
+		int r = secret_read_file(key, file, 8192);
+		if (r < 0)
+			fprintf(stderr, "factory-init: cannot read %s: %s\n", file, strerror(-r));
+		return r;
+	}
+	const char *env = getenv("PASSWORD");
+	if (env)
+		return secret_set(key, env, strlen(env));
+	int r = passphrase_ask("Current passphrase of the volume: ", 0, key);
+	if (r < 0)
+		fprintf(stderr, "factory-init: no passphrase: %s\n", strerror(-r));
+	return r;
+}
+
+int enroll_tpm2_main(int argc, char **argv)
+{
+	enum { OPT_PCRS = 256, OPT_DEVICE, OPT_KEYFILE };
+	static const struct option opts[] = {
+	    {"help", no_argument, NULL, 'h'},
+	    {"pcrs", required_argument, NULL, OPT_PCRS},
+	    {"tpm2-pcrs", required_argument, NULL, OPT_PCRS},
+	    {"tpm2-device", required_argument, NULL, OPT_DEVICE},
+	    {"unlock-key-file", required_argument, NULL, OPT_KEYFILE},
+	    {0},
+	};
+	const char *pcrs = "7", *tcti = NULL, *keyfile = NULL;
+	int c;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'h':
+			usage(stdout);
+			return 0;
+		case OPT_PCRS:
+			pcrs = optarg;
+			break;
+		case OPT_DEVICE:
+			tcti = optarg;
+			break;
+		case OPT_KEYFILE:
+			keyfile = optarg;
+			break;
+		default:
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (optind + 1 != argc) {
+		usage(stderr);
+		return 2;
+	}
+	const char *device = argv[optind];
+	char why[512];
+	struct pcr_spec spec;
+	if (pcr_spec_parse(pcrs, &spec, why, sizeof(why)) < 0) {
+		fprintf(stderr, "factory-init: --pcrs=%s: %s\n", pcrs, why);
+		return 2;
+	}
+	uint32_t mask = spec.mask;
+	if (mask == 0)
+		fprintf(stderr,
+			"factory-init: WARNING: enrolling with no PCRs: anyone who can run "
+			"code with this TPM can unseal the key. This protects nothing against "
+			"a stolen disk image together with its TPM state.\n");
+
+	log_set_console_level(LOG_WARNING);
+	unlock_setup(false);
+	struct crypt_device *cd = NULL;
+	int r = unlock_load(device, &cd, why, sizeof(why));
+	if (r < 0) {
+		fprintf(stderr, "factory-init: %s\n", why);
+		return 1;
+	}
+	int status = 1;
+	struct tpm2_token tok;
+	memset(&tok, 0, sizeof(tok));
+	_cleanup_secret_ struct secret old = {0};
+	_cleanup_secret_ struct secret pass = {0};
+	_cleanup_free_ char *json = NULL;
+	if (strcmp(crypt_get_type(cd), CRYPT_LUKS2) != 0) {
+		fprintf(stderr, "factory-init: %s is not LUKS2: tokens need LUKS2\n", device);
+		goto out;
+	}
+	if (existing_key(keyfile, &old) < 0)
+		goto out;
+	/* Check the old key first: no TPM work for a key that would be refused anyway. */
+	r = crypt_activate_by_passphrase(cd, NULL, CRYPT_ANY_SLOT, old.data, old.len, 0);
+	if (r < 0) {
+		fprintf(stderr, "factory-init: the given key does not open %s\n", device);
+		goto out;
+	}
+	r = tpm2_seal(tcti, &spec, &tok, &pass, why, sizeof(why));
+	if (r < 0) {
+		fprintf(stderr, "factory-init: sealing to the TPM2 failed: %s\n", why);
+		goto out;
+	}
+	struct crypt_pbkdf_type pbkdf = {
+	    .type = CRYPT_KDF_PBKDF2,
+	    .hash = "sha512",
+	    .iterations = 1000,
+	    .flags = CRYPT_PBKDF_NO_BENCHMARK,
+	};
+	r = crypt_set_pbkdf_type(cd, &pbkdf);
+	if (r >= 0)
+		r = crypt_keyslot_add_by_passphrase(cd, CRYPT_ANY_SLOT, old.data, old.len,
+						    pass.data, pass.len);
+	if (r < 0) {
+		fprintf(stderr, "factory-init: adding a key slot to %s failed: %s\n", device,
+			strerror(-r));
+		goto out;
+	}
+	int slot = r;
+	tok.keyslots[0] = slot;
+	tok.n_keyslots = 1;
+	json = tpm2_token_build(&tok);
+	r = json ? crypt_token_json_set(cd, CRYPT_ANY_TOKEN, json) : -ENOMEM;
+	if (r < 0) {
+		fprintf(stderr,
+			"factory-init: writing the token failed: %s; removing key slot %d\n",
+			strerror(-r), slot);
+		crypt_keyslot_destroy(cd, slot);
+		goto out;
+	}
+	char list[80] = "";
+	for (int i = 0, o = 0; i < 24; i++)
+		if (mask & (1u << i))
+			o += snprintf(list + o, sizeof(list) - (size_t)o, "%s%d", o ? "+" : "", i);
+	printf("enrolled TPM2 token %d for key slot %d on %s (PCRs %s, sha256 bank, %s primary)\n",
+	       r, slot, device, *list ? list : "none", tok.primary_alg);
+	status = 0;
+out:
+	tpm2_token_free(&tok);
+	unlock_free(&cd);
+	return status;
+}
