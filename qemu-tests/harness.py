@@ -32,17 +32,22 @@ Only the Python standard library is used.  Also usable from the shell::
         --append "console=ttyS0 panic=-1" --outdir build/qemu --name try
 """
 
+import base64
+import fcntl
 import json
 import os
 import re
 import selectors
 import shlex
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Pattern, Sequence, Tuple, Union
 
 QEMU = os.environ.get("QEMU", "qemu-system-x86_64")
 QEMU_IMG = os.environ.get("QEMU_IMG", "qemu-img")
@@ -109,6 +114,26 @@ class Mount:
         return "ro" in self.options
 
 
+#: A console pattern to wait for: bytes, str (UTF-8) or a compiled bytes regex.
+ConsolePattern = Union[bytes, str, Pattern[bytes]]
+
+
+@dataclass
+class Interaction:
+    """One console interaction of :func:`boot` that fired.
+
+    pattern: what was waited for (as given).
+    sent:    the bytes written to the guest's serial port.
+    at:      seconds after QEMU started.
+    offset:  byte offset in the console output (with \\r) where the match ended;
+             the next pattern is searched from there.
+    """
+    pattern: ConsolePattern
+    sent: bytes
+    at: float
+    offset: int
+
+
 @dataclass
 class BootResult:
     """What one boot produced.  Fields filled from the ``@@`` lines.
@@ -131,6 +156,9 @@ class BootResult:
     kmsg:           dmesg lines (``@@KMSG``).
     log_path:       the saved console log.
     cmd:            the QEMU argv.
+    interactions:   the ``interact`` steps that fired, in order (a list of
+                    :class:`Interaction`; shorter than ``interact`` if a
+                    pattern never showed).
     """
     name: str
     raw: str = ""
@@ -150,6 +178,7 @@ class BootResult:
     log_path: str = ""
     cmd: List[str] = field(default_factory=list)
     stderr: str = ""
+    interactions: List[Interaction] = field(default_factory=list)
 
     # -- helpers for assertions -------------------------------------------
     @property
@@ -267,7 +296,9 @@ def qemu_command(kernel: str, initrd: str, append: str, drives: List[Disk],
 def boot(kernel: str, initrd: str, append: str, disks: Sequence[DiskSpec] = (),
          outdir: str = "build/qemu", name: str = "boot", timeout: float = 120,
          icount: bool = False, extra_args: Sequence[str] = (),
-         memory: int = 512, echo: bool = False) -> BootResult:
+         memory: int = 512, echo: bool = False,
+         interact: Sequence[Tuple[ConsolePattern, Union[bytes, str]]] = ()
+         ) -> BootResult:
     """Boot KERNEL + INITRD under TCG and return the parsed :class:`BootResult`.
 
     append:     kernel command line (include ``console=ttyS0``; ``panic=-1``
@@ -280,6 +311,14 @@ def boot(kernel: str, initrd: str, append: str, disks: Sequence[DiskSpec] = (),
                 instructions, so the reported uptime repeats across runs.
     extra_args: appended to the QEMU command line (e.g. fw_cfg, TPM).
     echo:       copy the console to stderr while it runs.
+    interact:   ``[(pattern, text), ...]``: type on the serial console.  Each
+                time the console output (everything so far, \\r included)
+                shows the next PATTERN after the place where the previous
+                one matched, TEXT is written to QEMU's stdin, which the
+                ``-chardev stdio`` hands to the guest's ttyS0.  End lines
+                with ``\\r``, as a serial terminal's Enter does.  What fired
+                is in ``result.interactions``.  A pattern is bytes, str or a
+                compiled bytes regex; TEXT is bytes or str (UTF-8).
     Never sleeps for a fixed time: returns when QEMU exits (normally right
     after ``@@DONE`` and ``poweroff -f``) or is killed at the timeout.
     """
@@ -303,12 +342,17 @@ def boot(kernel: str, initrd: str, append: str, disks: Sequence[DiskSpec] = (),
     with open(os.path.join(outdir, f"{name}.cmd"), "w") as f:
         f.write(" ".join(shlex.quote(c) for c in cmd) + "\n")
 
+    steps = [(_as_pattern(p), t.encode() if isinstance(t, str) else bytes(t))
+             for p, t in interact]
+    console = bytearray()        # everything so far, for the interactions
+    search_from = 0
     chunks: List[bytes] = []
     err_chunks: List[bytes] = []
     start = time.monotonic()
     deadline = start + timeout
     seen_done = False
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd,
+                            stdin=subprocess.PIPE if steps else subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
     sel = selectors.DefaultSelector()
@@ -333,6 +377,9 @@ def boot(kernel: str, initrd: str, append: str, disks: Sequence[DiskSpec] = (),
                     if echo:
                         sys.stderr.buffer.write(data)
                         sys.stderr.flush()
+                    if len(result.interactions) < len(steps):
+                        search_from = _interact(proc, steps, console, data,
+                                                search_from, result, start)
                     if not seen_done:
                         tail = (tail + data)[-4096:]
                         if b"@@DONE" in tail:
@@ -348,11 +395,57 @@ def boot(kernel: str, initrd: str, append: str, disks: Sequence[DiskSpec] = (),
         _kill(proc)
         result.exit_status = proc.wait()
     result.wall_time = time.monotonic() - start
+    if proc.stdin:
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
     proc.stdout.close()
     proc.stderr.close()
     result.raw = b"".join(chunks).decode("utf-8", "replace").replace("\r", "")
     result.stderr = b"".join(err_chunks).decode("utf-8", "replace")
     return parse_console(result.raw, result)
+
+
+def _as_pattern(p: ConsolePattern):
+    if isinstance(p, str):
+        return p.encode()
+    if isinstance(p, (bytes, bytearray)):
+        if not p:
+            raise ValueError("empty interact pattern")
+        return bytes(p)
+    if isinstance(p, re.Pattern) and isinstance(p.pattern, bytes):
+        return p
+    raise TypeError(f"interact pattern must be bytes, str or a bytes regex: {p!r}")
+
+
+def _interact(proc, steps, console: bytearray, data: bytes, search_from: int,
+              result: BootResult, start: float) -> int:
+    """Append DATA to CONSOLE; send the text of every next step whose pattern
+    now shows after SEARCH_FROM.  Returns the new SEARCH_FROM."""
+    old_len = len(console)
+    console += data
+    while len(result.interactions) < len(steps):
+        pat, text = steps[len(result.interactions)]
+        if isinstance(pat, bytes):
+            # Only the new data, and a pattern's length before it, can hold a new match.
+            i = console.find(pat, max(search_from, old_len - len(pat) + 1))
+            end = i + len(pat)
+        else:
+            m = pat.search(console, search_from)
+            i, end = (m.start(), m.end()) if m else (-1, -1)
+        if i < 0:
+            break
+        try:
+            view = memoryview(text)
+            while view:
+                view = view[os.write(proc.stdin.fileno(), view):]
+        except OSError:          # QEMU is gone
+            break
+        search_from = old_len = end
+        result.interactions.append(Interaction(
+            pat, text, round(time.monotonic() - start, 3), end))
+    return search_from
 
 
 def _kill(proc: subprocess.Popen) -> None:
@@ -361,6 +454,291 @@ def _kill(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+# ---- swtpm -------------------------------------------------------------------
+
+SWTPM = os.environ.get("SWTPM", "swtpm")
+#: TPM2_Shutdown(TPM_SU_CLEAR): tag NO_SESSIONS, size 12, TPM_CC_Shutdown.
+_TPM2_SHUTDOWN_CLEAR = bytes.fromhex("80010000000c000001450000")
+
+
+class Swtpm:
+    """A software TPM 2.0 (swtpm) whose state lives in STATE_DIR.
+
+    Two modes; use either as a context manager (``with Swtpm(d) as tpm:``)
+    or call start()/stop():
+
+    * ``Swtpm(state_dir)``: for QEMU.  ``swtpm socket --tpm2 --ctrl
+      type=unixio,path=SOCK``; pass ``tpm.qemu_args`` to :func:`boot`'s
+      extra_args (a TIS TPM, ``/dev/tpm0`` and ``/dev/tpmrm0`` in the
+      guest, also with -kernel).  No ``--flags startup-clear``: QEMU resets
+      the TPM (CMD_INIT) at start and SeaBIOS sends TPM2_Startup and measures
+      into PCRs 0-7 (1: SMBIOS tables, so type 11 credentials change it;
+      2: option ROMs incl. linuxboot; 4: "Calling INT 19h"; 0, 3, 5-7: the
+      separator only; the kernel and initrd are not measured).  swtpm exits
+      by itself when QEMU does.
+    * ``Swtpm(state_dir, tcp=True)`` (or :func:`swtpm_tcp`): for the host's
+      tools (enrolment, PCR extends).  ``--server type=tcp,port=P --ctrl
+      type=tcp,port=P+1 --flags not-need-init,startup-clear`` on free ports
+      of 127.0.0.1; ``tpm.tcti`` is ``swtpm:host=127.0.0.1,port=P`` (for
+      TPM2TOOLS_TCTI, ``tpm.env`` has it) and stop() sends TPM2_Shutdown
+      first, so the next start is an orderly one.
+
+    A state dir is used by one swtpm at a time (swtpm 0.7 does not check:
+    two would overwrite each other's state), enforced with a lock file in
+    it; start() raises RuntimeError when it is taken.  Waits (up to
+    ``timeout`` s) until swtpm accepts connections, never a fixed time.
+    swtpm's log and stderr are appended to STATE_DIR/swtpm.log (or ``log``);
+    log_level 20 (the default) dumps every TPM command, ~35 KB per boot.
+    """
+
+    def __init__(self, state_dir: str, tcp: bool = False,
+                 log: Optional[str] = None, timeout: float = 10.0,
+                 log_level: int = 20):
+        self.state_dir = os.path.abspath(state_dir)
+        self.tcp = tcp
+        self.log = log or os.path.join(self.state_dir, "swtpm.log")
+        self.timeout = timeout
+        self.log_level = log_level
+        self.proc: Optional[subprocess.Popen] = None
+        self.port: Optional[int] = None
+        self.sock: Optional[str] = None
+        self._lock = None
+        self._tmpdir = None
+
+    # -- what the users want -----------------------------------------------
+    @property
+    def qemu_args(self) -> List[str]:
+        """QEMU arguments attaching this TPM (socket mode, started)."""
+        if self.tcp or not self.sock:
+            raise RuntimeError("qemu_args: start a socket-mode Swtpm first")
+        return ["-chardev", f"socket,id=chrtpm,path={self.sock}",
+                "-tpmdev", "emulator,id=tpm0,chardev=chrtpm",
+                "-device", "tpm-tis,tpmdev=tpm0"]
+
+    @property
+    def tcti(self) -> str:
+        """The TSS2 TCTI string (TCP mode, started)."""
+        if not self.tcp or self.port is None:
+            raise RuntimeError("tcti: start a tcp=True Swtpm first")
+        return f"swtpm:host=127.0.0.1,port={self.port}"
+
+    @property
+    def env(self) -> Dict[str, str]:
+        """os.environ plus TPM2TOOLS_TCTI/TSS2_TCTI for tpm2-tools (TCP mode)."""
+        return dict(os.environ, TPM2TOOLS_TCTI=self.tcti, TSS2_TCTI=self.tcti)
+
+    def __enter__(self) -> "Swtpm":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- life cycle --------------------------------------------------------
+    def start(self) -> "Swtpm":
+        if self.proc:
+            raise RuntimeError("swtpm already started")
+        os.makedirs(self.state_dir, exist_ok=True)
+        lock = open(os.path.join(self.state_dir, ".harness-swtpm.lock"), "w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise RuntimeError(f"{self.state_dir} is in use by another swtpm")
+        self._lock = lock
+        try:
+            for attempt in range(20):
+                if self._spawn():
+                    return self
+            raise RuntimeError("swtpm: found no free pair of TCP ports")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _spawn(self) -> bool:
+        """Start swtpm and wait until it accepts connections.  False: the
+        TCP ports were taken meanwhile (try others)."""
+        cmd = [SWTPM, "socket", "--tpm2",
+               "--tpmstate", f"dir={self.state_dir}",
+               "--log", f"file={self.log},level={self.log_level}"]
+        if self.tcp:
+            self.port = _free_port_pair()
+            cmd += ["--server", f"type=tcp,port={self.port},bindaddr=127.0.0.1",
+                    "--ctrl", f"type=tcp,port={self.port + 1},bindaddr=127.0.0.1",
+                    "--flags", "not-need-init,startup-clear"]
+            addrs = [(socket.AF_INET, ("127.0.0.1", self.port)),
+                     (socket.AF_INET, ("127.0.0.1", self.port + 1))]
+        else:
+            self.sock = os.path.join(self.state_dir, "swtpm.sock")
+            if len(self.sock.encode()) >= 100:      # sun_path is 108 bytes
+                self._tmpdir = tempfile.mkdtemp(prefix="swtpm-")
+                self.sock = os.path.join(self._tmpdir, "swtpm.sock")
+            if os.path.exists(self.sock):
+                os.unlink(self.sock)        # stale: we hold the lock
+            cmd += ["--ctrl", f"type=unixio,path={self.sock}"]
+            addrs = [(socket.AF_UNIX, self.sock)]
+        self.cmd = cmd
+        with open(self.log, "ab") as log:
+            start_at = log.tell()
+            log.write(f"# {' '.join(shlex.quote(c) for c in cmd)}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+                                         stdout=log, stderr=log,
+                                         start_new_session=True)
+        deadline = time.monotonic() + self.timeout
+        pending = list(addrs)
+        while pending:
+            if self.proc.poll() is not None:
+                self.proc = None
+                with open(self.log, "rb") as log:
+                    log.seek(start_at)
+                    err = log.read().decode(errors="replace").strip()
+                if self.tcp and "in use" in err:
+                    return False        # the ports were taken meanwhile
+                raise RuntimeError(f"swtpm exited at start ({self.log}): {err}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"swtpm did not listen within {self.timeout} s")
+            family, addr = pending[0]
+            with socket.socket(family, socket.SOCK_STREAM) as c:
+                try:
+                    c.connect(addr)
+                    pending.pop(0)
+                    continue
+                except (FileNotFoundError, ConnectionRefusedError):
+                    pass
+            time.sleep(0.005)       # re-check the condition
+        return True
+
+    def stop(self) -> None:
+        """Stop swtpm (if it still runs) and release the state dir."""
+        if self.proc:
+            if self.proc.poll() is None:
+                if self.tcp and self.port:
+                    _tpm2_shutdown(self.port)
+                self.proc.terminate()
+                try:
+                    self.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+            self.proc = None
+        if self.sock and os.path.exists(self.sock):
+            os.unlink(self.sock)
+        if self._tmpdir:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
+        if self._lock:
+            self._lock.close()          # releases the flock
+            self._lock = None
+
+    @property
+    def running(self) -> bool:
+        return bool(self.proc) and self.proc.poll() is None
+
+
+def swtpm_tcp(state_dir: str, **kw) -> Swtpm:
+    """Swtpm on TCP for the host's tools: ``with swtpm_tcp(d) as t:
+    subprocess.run(["tpm2_pcrread"], env=t.env)`` or use ``t.tcti``."""
+    return Swtpm(state_dir, tcp=True, **kw)
+
+
+def _free_port_pair() -> int:
+    """A port P of 127.0.0.1 such that P and P+1 are both free right now."""
+    for _ in range(100):
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            p = a.getsockname()[1]
+            if p >= 65535:
+                continue
+            with socket.socket() as b:
+                try:
+                    b.bind(("127.0.0.1", p + 1))
+                except OSError:
+                    continue
+            return p
+    raise RuntimeError("no free pair of TCP ports")
+
+
+def _tpm2_shutdown(port: int) -> None:
+    """Send TPM2_Shutdown(CLEAR) to a TCP swtpm (best effort)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+            c.sendall(_TPM2_SHUTDOWN_CLEAR)
+            c.recv(64)
+    except OSError:
+        pass
+
+
+# ---- systemd credentials -----------------------------------------------------
+
+#: QEMU (FW_CFG_MAX_FILE_PATH) allows fw_cfg names of at most 55 bytes.
+FW_CFG_MAX_NAME = 55
+FW_CFG_CRED_PREFIX = "opt/io.systemd.credentials/"
+_CRED_NAME = re.compile(r"^[A-Za-z0-9_.@:+-]+$")
+
+
+def _check_cred_name(name: str) -> None:
+    if not _CRED_NAME.match(name) or name in (".", ".."):
+        raise ValueError(f"bad credential name {name!r}")
+
+
+def _qemu_opt(value: str) -> str:
+    """Escape a value for QEMU's KEY=VALUE,... option syntax (',' -> ',,')."""
+    return value.replace(",", ",,")
+
+
+def smbios_credential(name: str, value: Union[str, bytes],
+                      binary: Optional[bool] = None) -> List[str]:
+    """QEMU args for a credential in an SMBIOS type 11 (OEM strings) entry.
+
+    ``io.systemd.credential:NAME=VALUE``, or with binary (the default for
+    bytes that are not UTF-8 or hold a NUL) the base64 form
+    ``io.systemd.credential.binary:NAME=BASE64``.  The guest finds it in
+    /sys/firmware/dmi/entries/11-*/raw (CONFIG_DMI_SYSFS), as systemd does.
+    """
+    _check_cred_name(name)
+    raw = value.encode() if isinstance(value, str) else bytes(value)
+    if binary is None:
+        binary = b"\0" in raw
+        try:
+            raw.decode()
+        except UnicodeDecodeError:
+            binary = True
+    if binary:
+        text = f"io.systemd.credential.binary:{name}=" + \
+            base64.b64encode(raw).decode()
+    else:
+        if b"\0" in raw:
+            raise ValueError("an SMBIOS string cannot hold NUL: use binary=True")
+        text = f"io.systemd.credential:{name}=" + raw.decode()
+    return ["-smbios", "type=11,value=" + _qemu_opt(text)]
+
+
+def fwcfg_credential(name: str, value: Union[str, bytes], outdir: str,
+                     inline: bool = False) -> List[str]:
+    """QEMU args for a credential in fw_cfg: ``opt/io.systemd.credentials/NAME``.
+
+    The value is written to OUTDIR/cred.NAME and passed as ``file=``; with
+    inline=True (str values without NUL only) as ``string=`` instead.  NAME
+    is at most 28 bytes (fw_cfg names are at most 55).  The guest reads
+    /sys/firmware/qemu_fw_cfg/by_name/opt/io.systemd.credentials/NAME/raw
+    (module qemu_fw_cfg).
+    """
+    _check_cred_name(name)
+    key = FW_CFG_CRED_PREFIX + name
+    if len(key.encode()) > FW_CFG_MAX_NAME:
+        raise ValueError(f"fw_cfg name {key!r} longer than {FW_CFG_MAX_NAME} bytes")
+    if inline:
+        if not isinstance(value, str) or "\0" in value:
+            raise ValueError("inline fw_cfg credentials must be str without NUL")
+        return ["-fw_cfg", f"name={key},string={_qemu_opt(value)}"]
+    os.makedirs(outdir, exist_ok=True)
+    path = os.path.abspath(os.path.join(outdir, f"cred.{name}"))
+    with open(path, "wb") as f:
+        f.write(value.encode() if isinstance(value, str) else value)
+    return ["-fw_cfg", f"name={key},file={_qemu_opt(path)}"]
 
 
 def main(argv=None) -> int:
@@ -378,8 +756,16 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=120)
     ap.add_argument("--icount", action="store_true")
     ap.add_argument("--echo", action="store_true", help="show the console")
+    ap.add_argument("--interact", nargs=2, action="append", default=[],
+                    metavar=("PATTERN", "TEXT"),
+                    help="when PATTERN shows on the console, type TEXT "
+                    "(Python escapes: 'secret\\r'; repeatable, in order)")
+    ap.add_argument("--swtpm", metavar="STATE_DIR",
+                    help="attach a swtpm TPM 2.0 with its state in STATE_DIR")
     ap.add_argument("extra", nargs="*", help="extra QEMU arguments (after --)")
     a = ap.parse_args(argv)
+    unescape = lambda t: t.encode().decode("unicode_escape").encode("latin-1")  # noqa: E731
+    interact = [(unescape(p), unescape(t)) for p, t in a.interact]
     disks = []
     for spec in a.disk:
         path, *opts = spec.split(",")
@@ -392,14 +778,21 @@ def main(argv=None) -> int:
             else:
                 ap.error(f"bad disk option {o!r}")
         disks.append(d)
-    r = boot(a.kernel, a.initrd, a.append, disks, a.outdir, a.name,
-             timeout=a.timeout, icount=a.icount, extra_args=a.extra,
-             echo=a.echo)
+    tpm = Swtpm(a.swtpm).start() if a.swtpm else None
+    try:
+        r = boot(a.kernel, a.initrd, a.append, disks, a.outdir, a.name,
+                 timeout=a.timeout, icount=a.icount,
+                 extra_args=list(a.extra) + (tpm.qemu_args if tpm else []),
+                 echo=a.echo, interact=interact)
+    finally:
+        if tpm:
+            tpm.stop()
     print(json.dumps({"name": r.name, "done": r.done, "timed_out": r.timed_out,
                       "exit_status": r.exit_status, "stage2": r.stage2,
                       "uptime": r.uptime, "wall_time": round(r.wall_time, 3),
                       "marker_found": r.marker_found,
                       "marker_written": r.marker_written,
+                      "interactions": len(r.interactions),
                       "log": r.log_path}))
     return 0 if r.ok else 1
 

@@ -344,7 +344,7 @@ def wrong_key(ctx):
     vdb = harness.overlay(d.luks, ctx.path("wrong-key.vdb.qcow2"))
     r = ctx.boot("wrong-key", fi_initrd(ctx, "fi-plain"),
                  [Disk(d.factory), Disk(vdb, "qcow2", snapshot=False)],
-                 f"{FI_APPEND} vm.luks.key=not-the-key-at-all")
+                 f"{FI_APPEND} vm.luks=key vm.luks.key=not-the-key-at-all")
     st = status_of(ctx, r)
     ctx.check(st["outcome"] == "fallback", f"outcome {st['outcome']}")
     ctx.check(st["reason"] and "could not unlock /dev/vdb" in st["reason"]
@@ -546,6 +546,277 @@ def corrupt_config(ctx):
     ctx.check(any("config.json.bad" in w for w in st["warnings"]), f"warnings {st['warnings']}")
     ctx.check(PERSIST_CONFIG in r.files and r.json(PERSIST_CONFIG) == {"hostname": "new-1"},
               f"{PERSIST_CONFIG}: {r.files.get(PERSIST_CONFIG)}")
+
+# ===========================================================================
+# Unlocking: TPM2 (ours and systemd-cryptenroll's tokens), credentials, typed passphrase.
+
+FACTORY_INIT_DEV = os.path.join(TOP, "build", "factory-init")   # links the swtpm TCTI
+SYSTEMD_UNLOCK = os.path.join(HERE, "systemd-unlock.sh")
+
+
+def fresh_dir(path):
+    subprocess.run(["rm", "-rf", path], check=True)
+    os.makedirs(path)
+    return path
+
+
+def luks_copy(ctx, name):
+    """A private raw copy of the LUKS2 test disk, to enroll tokens into."""
+    img = ctx.path(f"{name}.img")
+    subprocess.run(["cp", "--sparse=always", ctx.disks.luks, img], check=True)
+    return img
+
+
+def pcrs_of(r):
+    """{index: lowercase hex} from the reporter's @@PCR lines."""
+    out = {}
+    for line in r.raw.splitlines():
+        if line.startswith("@@PCR "):
+            _, n, v = line.split()[:3]
+            out[int(n)] = v.lower()
+    return out
+
+
+def enroll_ours(ctx, img, state, pcrs):
+    """factory-init enroll-tpm2 on the host against a swtpm on STATE (the TPM the VM gets)."""
+    with harness.swtpm_tcp(state) as tpm:
+        r = subprocess.run([FACTORY_INIT_DEV, "enroll-tpm2", img, f"--pcrs={pcrs}",
+                            f"--tpm2-device={tpm.tcti}", f"--unlock-key-file={ctx.disks.key}"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ctx.diag(r.stdout.strip())
+    ctx.require(r.returncode == 0, f"enroll-tpm2 failed: {r.stdout.strip()}")
+
+
+def token_json(img, token=0):
+    out = subprocess.run(["cryptsetup", "token", "export", "--token-id", str(token), img],
+                         check=True, stdout=subprocess.PIPE, text=True).stdout
+    return json.loads(out)
+
+
+def attempts(st):
+    return [(a["method"], a["ok"]) for a in st.get("unlock_attempts", [])]
+
+
+def unlock_ms(st, method):
+    return [a["ms"] for a in st.get("unlock_attempts", []) if a["method"] == method and a["ok"]]
+
+
+def boot_pcrs(ctx, name, state):
+    """Boots once with the TPM on STATE and no data disk; returns the PCRs the VM measured."""
+    with harness.Swtpm(state) as tpm:
+        r = ctx.boot(name, fi_initrd(ctx, "fi-plain"), [Disk(ctx.disks.factory)],
+                     f"{FI_APPEND} vm.persist.timeout=1", extra_args=tpm.qemu_args)
+    pcrs = pcrs_of(r)
+    ctx.require(7 in pcrs, f"the VM reported no PCR 7 (TPM missing?): {r.tail()}")
+    return pcrs
+
+
+#: The firmware (SeaBIOS) measures one separator event into PCR 7: SHA-256 of 0xffffffff.
+SEPARATOR_DIGEST = "ad95131bc0b799c0b1af477fb14fcf26a6a9f76079e48bf090acb7e8367bfd0e"
+
+
+@scenario("tpm2-ours")
+def tpm2_ours(ctx):
+    """enroll-tpm2 seals to the PCR 7 value the VM will measure; stage 1 unlocks unattended
+    with the TPM; systemd's own token plugin unseals a token we enrolled as well."""
+    state = fresh_dir(ctx.path("tpm2-ours.tpm"))
+    pcr7 = boot_pcrs(ctx, "tpm2-ours-pcrs", state)[7]
+    img = luks_copy(ctx, "tpm2-ours")
+    enroll_ours(ctx, img, state, f"7:sha256={pcr7}")
+    tok = token_json(img)
+    ctx.check(tok["type"] == "systemd-tpm2" and tok["tpm2-pcrs"] == [7]
+              and tok["tpm2-pcr-bank"] == "sha256" and tok["tpm2-primary-alg"] == "ecc",
+              f"token {tok}")
+    vdb = harness.overlay(img, ctx.path("tpm2-ours.vdb.qcow2"))
+    with harness.Swtpm(state) as tpm:
+        r = ctx.boot("tpm2-ours", fi_initrd(ctx, "fi-plain"),
+                     [Disk(ctx.disks.factory), Disk(vdb, "qcow2", snapshot=False)],
+                     FI_APPEND, extra_args=tpm.qemu_args)
+    st = status_of(ctx, r)
+    ctx.check(st["outcome"] == "persist", f"outcome {st['outcome']}: {st['reason']}")
+    ctx.check(st["unlock"] == "tpm2", f"unlock {st['unlock']}, attempts {attempts(st)}")
+    ctx.check(attempts(st) == [("tpm2", True)], f"attempts {attempts(st)}")
+    ctx.check(st["key_in_cmdline"] is False, "key_in_cmdline set")
+    ctx.check(r.mount_at("/persist") is not None, "/persist not mounted")
+    ctx.diag(f"TPM2 unlock: {unlock_ms(st, 'tpm2')} ms")
+    check_no_secret(ctx, r, read_key(ctx))
+
+    # The other direction: systemd 252's token plugin (what systemd-cryptsetup runs) opens a
+    # token we enrolled. It talks to /dev/tpmrm0, so the script bridges one to a swtpm.
+    state2 = fresh_dir(ctx.path("tpm2-ours.host.tpm"))
+    img2 = luks_copy(ctx, "tpm2-ours-host")
+    enroll_ours(ctx, img2, state2, "7")
+    s = subprocess.run([SYSTEMD_UNLOCK, img2, state2], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True)
+    ctx.diag(s.stdout.strip().splitlines()[-1] if s.stdout.strip() else "no output")
+    ctx.check(s.returncode == 0, f"systemd's plugin did not unseal our token: {s.stdout[-400:]}")
+
+
+@scenario("tpm2-systemd-enrolled")
+def tpm2_systemd_enrolled(ctx):
+    """A disk enrolled by Debian's systemd-cryptenroll (252) unlocks in the VM with its TPM."""
+    state = fresh_dir(ctx.path("tpm2-systemd.tpm"))
+    pcr7 = boot_pcrs(ctx, "tpm2-systemd-pcrs", state)[7]
+    # systemd-cryptenroll seals to the current PCR values: replay the firmware's PCR 7 event
+    # on the host TPM first (and check it gives what the VM measured).
+    img = luks_copy(ctx, "tpm2-systemd")
+    with harness.swtpm_tcp(state) as tpm:
+        tcti, env = tpm.tcti, tpm.env
+        subprocess.run(["tpm2_pcrextend", f"7:sha256={SEPARATOR_DIGEST}"], env=env, check=True)
+        now = subprocess.run(["tpm2_pcrread", "sha256:7"], env=env, check=True,
+                             stdout=subprocess.PIPE, text=True).stdout
+        ctx.require(pcr7 in now.lower().replace("0x", ""),
+                    f"replayed PCR 7 {now.strip()} is not the VM's {pcr7}")
+        with open(ctx.disks.key) as f:
+            key = f.read()
+        e = subprocess.run(["systemd-cryptenroll", f"--tpm2-device={tcti}", "--tpm2-pcrs=7",
+                            img], env=dict(os.environ, PASSWORD=key),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ctx.require(e.returncode == 0, f"systemd-cryptenroll failed: {e.stdout}")
+    tok = token_json(img)
+    ctx.check("factory-init-pcr-values" not in tok, "not a token systemd wrote")
+    vdb = harness.overlay(img, ctx.path("tpm2-systemd.vdb.qcow2"))
+    with harness.Swtpm(state) as tpm:
+        r = ctx.boot("tpm2-systemd", fi_initrd(ctx, "fi-plain"),
+                     [Disk(ctx.disks.factory), Disk(vdb, "qcow2", snapshot=False)],
+                     FI_APPEND, extra_args=tpm.qemu_args)
+    st = status_of(ctx, r)
+    ctx.check(st["outcome"] == "persist", f"outcome {st['outcome']}: {st['reason']}")
+    ctx.check(attempts(st) == [("tpm2", True)], f"attempts {attempts(st)}: {st['reason']}")
+    ctx.diag(f"TPM2 unlock (systemd-cryptenroll token): {unlock_ms(st, 'tpm2')} ms")
+
+
+@scenario("tpm2-pcr-mismatch")
+def tpm2_pcr_mismatch(ctx):
+    """Sealed to PCR 7 as it was on the host (zero); the firmware changes it at boot: the TPM2
+    attempt fails naming PCR 7 with both values, and the key file takes over."""
+    state = fresh_dir(ctx.path("tpm2-mismatch.tpm"))
+    img = luks_copy(ctx, "tpm2-mismatch")
+    enroll_ours(ctx, img, state, "7")
+    vdb = harness.overlay(img, ctx.path("tpm2-mismatch.vdb.qcow2"))
+    initrd = fi_initrd(ctx, "fi-keyfile", keyfile=ctx.disks.key)
+    with harness.Swtpm(state) as tpm:
+        r = ctx.boot("tpm2-pcr-mismatch", initrd,
+                     [Disk(ctx.disks.factory), Disk(vdb, "qcow2", snapshot=False)],
+                     FI_APPEND, extra_args=tpm.qemu_args)
+    st = status_of(ctx, r)
+    ctx.check(st["outcome"] == "persist", f"outcome {st['outcome']}: {st['reason']}")
+    ctx.check(attempts(st) == [("tpm2", False), ("keyfile", True)], f"attempts {attempts(st)}")
+    detail = (st.get("unlock_attempts") or [{}])[0].get("detail") or ""
+    ctx.check("PCR 7 expected 0000000000000000" in detail and "now " in detail,
+              f"tpm2 detail {detail!r}")
+    ctx.diag(f"tpm2: {detail}")
+    check_fi_logged(ctx, r, "PCR 7 expected")
+
+
+@scenario("tpm2-absent")
+def tpm2_absent(ctx):
+    """A disk with a TPM2 token in a VM without a TPM: the wait is bounded, the reason logged,
+    and the key file takes over."""
+    state = fresh_dir(ctx.path("tpm2-absent.tpm"))
+    img = luks_copy(ctx, "tpm2-absent")
+    enroll_ours(ctx, img, state, "7")
+    vdb = harness.overlay(img, ctx.path("tpm2-absent.vdb.qcow2"))
+    r = ctx.boot("tpm2-absent", fi_initrd(ctx, "fi-keyfile", keyfile=ctx.disks.key),
+                 [Disk(ctx.disks.factory), Disk(vdb, "qcow2", snapshot=False)],
+                 f"{FI_APPEND} vm.luks.tpm2.timeout=1")
+    st = status_of(ctx, r)
+    ctx.check(st["tpm2"] == "none", f"tpm2 {st['tpm2']}")
+    ctx.check(attempts(st) == [("tpm2", False), ("keyfile", True)], f"attempts {attempts(st)}")
+    detail = (st.get("unlock_attempts") or [{}])[0].get("detail") or ""
+    ctx.check("no TPM2 device" in detail, f"tpm2 detail {detail!r}")
+
+
+@scenario("credential-smbios")
+def credential_smbios(ctx):
+    """The key as an SMBIOS type 11 credential (io.systemd.credential:vm.luks.key=...), and a
+    vm.hostname credential feeding the config."""
+    key = read_key(ctx)
+    args = (harness.smbios_credential("vm.luks.key", key)
+            + harness.smbios_credential("vm.hostname", "from-smbios"))
+    r = ctx.boot("credential-smbios", fi_initrd(ctx, "fi-plain"),
+                 [Disk(ctx.disks.factory), Disk(ctx.disks.luks)], FI_APPEND, extra_args=args)
+    st = status_of(ctx, r)
+    ctx.check(st["outcome"] == "persist", f"outcome {st['outcome']}: {st['reason']}")
+    ctx.check(attempts(st) == [("credential", True)], f"attempts {attempts(st)}")
+    src = (st.get("unlock_attempts") or [{}])[0].get("source")
+    ctx.check(src == "smbios", f"source {src}")
+    ctx.check(r.json(RUN_CONFIG).get("hostname") == "from-smbios",
+              f"{RUN_CONFIG}: {r.files.get(RUN_CONFIG)}")
+    check_no_secret(ctx, r, key)
+
+
+@scenario("credential-fw_cfg")
+def credential_fw_cfg(ctx):
+    """The key as a QEMU fw_cfg credential (opt/io.systemd.credentials/vm.luks.key)."""
+    key = read_key(ctx)
+    args = harness.fwcfg_credential("vm.luks.key", key, ctx.build)
+    r = ctx.boot("credential-fw_cfg", fi_initrd(ctx, "fi-plain"),
+                 [Disk(ctx.disks.factory), Disk(ctx.disks.luks)], FI_APPEND, extra_args=args)
+    st = status_of(ctx, r)
+    ctx.check(st["outcome"] == "persist", f"outcome {st['outcome']}: {st['reason']}")
+    ctx.check(attempts(st) == [("credential", True)], f"attempts {attempts(st)}")
+    src = (st.get("unlock_attempts") or [{}])[0].get("source")
+    ctx.check(src == "fw_cfg", f"source {src}")
+    check_no_secret(ctx, r, key)
+
+
+@scenario("passphrase")
+def passphrase(ctx):
+    """Typed on the serial console: a wrong passphrase, then the right one."""
+    key = read_key(ctx)
+    wrong = "wrong-passphrase-1"
+    r = ctx.boot("passphrase", fi_initrd(ctx, "fi-plain"),
+                 [Disk(ctx.disks.factory), Disk(ctx.disks.luks)], FI_APPEND,
+                 interact=[("(try 1 of 3): ", wrong + "\r"), ("(try 2 of 3): ", key + "\r")])
+    st = status_of(ctx, r)
+    ctx.check(len(r.interactions) == 2, f"{len(r.interactions)} prompts answered")
+    ctx.check(st["outcome"] == "persist", f"outcome {st['outcome']}: {st['reason']}")
+    ctx.check(attempts(st) == [("passphrase", False), ("passphrase", True)],
+              f"attempts {attempts(st)}")
+    ctx.check(st["unlock"] == "passphrase", f"unlock {st['unlock']}")
+    ctx.diag(f"passphrase unlock (typing excluded? no: includes the wait): "
+             f"{unlock_ms(st, 'passphrase')} ms")
+    check_no_secret(ctx, r, key)
+    check_no_secret(ctx, r, wrong)
+
+
+@scenario("unlock-all-fail")
+def unlock_all_fail(ctx):
+    """Every method fails (PCR mismatch, wrong credential, wrong cmdline key, wrong key file,
+    three wrong passphrases): the factory store boots, the reason names each attempt, the data
+    disk is untouched and no key used appears anywhere."""
+    state = fresh_dir(ctx.path("all-fail.tpm"))
+    img = luks_copy(ctx, "all-fail")
+    enroll_ours(ctx, img, state, "7")
+    bad_file = ctx.path("all-fail.badkey")
+    with open(bad_file, "w") as f:
+        f.write("wrong-key-file-4")
+    vdb = harness.overlay(img, ctx.path("all-fail.vdb.qcow2"))
+    wrong = ["wrong-cred-2", "wrong-cmdline-3", "wrong-typed-5", "wrong-typed-6",
+             "wrong-typed-7"]
+    with harness.Swtpm(state) as tpm:
+        r = ctx.boot("unlock-all-fail", fi_initrd(ctx, "fi-badkey", keyfile=bad_file),
+                     [Disk(ctx.disks.factory), Disk(vdb, "qcow2", snapshot=False)],
+                     f"{FI_APPEND} vm.luks.key={wrong[1]}",
+                     extra_args=tpm.qemu_args + harness.smbios_credential("vm.luks.key",
+                                                                          wrong[0]),
+                     interact=[(f"(try {i} of 3): ", w + "\r")
+                               for i, w in enumerate(wrong[2:], 1)])
+    st = status_of(ctx, r)
+    ctx.check(st["outcome"] == "fallback", f"outcome {st['outcome']}")
+    want = [("tpm2", False), ("credential", False), ("cmdline-key", False),
+            ("keyfile", False)] + [("passphrase", False)] * 3
+    ctx.check(attempts(st) == want, f"attempts {attempts(st)}")
+    reason = st["reason"] or ""
+    for m in ("tpm2", "credential", "cmdline-key", "keyfile", "passphrase"):
+        ctx.check(m in reason, f"reason does not name {m}: {reason!r}")
+    ctx.diag(f"reason: {reason}")
+    ctx.check(r.mount_at("/persist") is None, "/persist is mounted")
+    ctx.check(same_disk(img, vdb), "the data disk changed")
+    for w in wrong + ["wrong-key-file-4", read_key(ctx)]:
+        check_no_secret(ctx, r, w)
+
 
 # ===========================================================================
 

@@ -9,6 +9,7 @@
 #   @@FILE <p> / @@| <line> / @@END <p>   contents of a file, or @@NOFILE <p>
 #   @@MARKER found <c> | @@MARKER absent
 #   @@MARKER written <c> | @@MARKER write-failed
+#   @@PCR <n> <hex>         each SHA-256 PCR of the TPM, when the VM has one
 #   @@KMSG <line>           each line of dmesg
 #   @@DONE                  then the machine powers off
 PATH=/bin:/sbin:/usr/bin:/usr/sbin
@@ -56,6 +57,10 @@ if mkdir -p "${marker%/*}" 2>/dev/null &&
 else
     echo "@@MARKER write-failed"
 fi
+
+for f in /sys/class/tpm/tpm0/pcr-sha256/*; do
+    [ -r "$f" ] && echo "@@PCR ${f##*/} $(cat "$f" 2>/dev/null)"
+done
 
 dmesg 2>/dev/null | while IFS= read -r line || [ -n "$line" ]; do
     echo "@@KMSG $line"
