@@ -307,7 +307,7 @@ def luks_cmdline_key(ctx):
     ctx.check(ro is not None and ro.readonly, f"/nix/.ro-store not a read-only mount: {ro}")
     ctx.check(r1.marker_found is None, f"marker before the first boot: {r1.marker_found}")
     ctx.require(r1.marker_written, "boot 1 could not write its marker under /nix")
-    check_fi_logged(ctx, r1, "unlocked /dev/vdb with vm.luks.key")
+    check_fi_logged(ctx, r1, "unlocked /dev/vdb with cmdline-key")
     check_no_secret(ctx, r1, key)
 
     r2 = ctx.boot("luks-cmdline-key-2", initrd, disks, append)
@@ -631,7 +631,7 @@ def tpm2_ours(ctx):
     with harness.Swtpm(state) as tpm:
         r = ctx.boot("tpm2-ours", fi_initrd(ctx, "fi-plain"),
                      [Disk(ctx.disks.factory), Disk(vdb, "qcow2", snapshot=False)],
-                     FI_APPEND, extra_args=tpm.qemu_args)
+                     f"{FI_APPEND} vm.debug", extra_args=tpm.qemu_args)
     st = status_of(ctx, r)
     ctx.check(st["outcome"] == "persist", f"outcome {st['outcome']}: {st['reason']}")
     ctx.check(st["unlock"] == "tpm2", f"unlock {st['unlock']}, attempts {attempts(st)}")

@@ -171,6 +171,8 @@ static int try_tpm2(struct chain *c)
 				log_warn("no TPM2 PIN typed: %s", strerror(-r));
 		}
 		r = tpm2_unseal(NULL, &tok, pin.data ? &pin : NULL, &pass, c->why, sizeof(c->why));
+		log_debug("TPM2: token %d unsealed after %llu ms", id,
+			  (unsigned long long)(now_ms() - t0));
 		if (r >= 0) {
 			int slot = tok.n_keyslots > 0 ? tok.keyslots[0] : -1;
 			r = try_key(c, "tpm2", source, slot, &pass, t0);
