@@ -686,6 +686,42 @@ def tpm2_systemd_enrolled(ctx):
     ctx.diag(f"TPM2 unlock (systemd-cryptenroll token): {unlock_ms(st, 'tpm2')} ms")
 
 
+@scenario("tpm2-pin")
+def tpm2_pin(ctx):
+    """A systemd-cryptenroll token with a PIN (--tpm2-with-pin): the PIN is asked on the
+    console and the TPM checks it; without a way to ask (vm.luks= lacks passphrase) the token
+    is skipped with that reason and the key file takes over."""
+    state = fresh_dir(ctx.path("tpm2-pin.tpm"))
+    img = luks_copy(ctx, "tpm2-pin")
+    pin = "pin-4711"
+    with harness.swtpm_tcp(state) as tpm:
+        e = subprocess.run(["systemd-cryptenroll", f"--tpm2-device={tpm.tcti}",
+                            "--tpm2-pcrs=", "--tpm2-with-pin=yes", img],
+                           env=dict(os.environ, PASSWORD=read_key(ctx), NEWPIN=pin),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ctx.require(e.returncode == 0, f"systemd-cryptenroll failed: {e.stdout}")
+    ctx.check(token_json(img).get("tpm2-pin") is True, "the token has no PIN")
+    vdb = harness.overlay(img, ctx.path("tpm2-pin.vdb.qcow2"))
+    disks = [Disk(ctx.disks.factory), Disk(vdb, "qcow2", snapshot=False)]
+    with harness.Swtpm(state) as tpm:
+        r = ctx.boot("tpm2-pin", fi_initrd(ctx, "fi-plain"), disks, FI_APPEND,
+                     extra_args=tpm.qemu_args, interact=[("TPM2 PIN for /dev/vdb: ",
+                                                          pin + "\r")])
+    st = status_of(ctx, r)
+    ctx.check(len(r.interactions) == 1, "the PIN was not asked for")
+    ctx.check(attempts(st) == [("tpm2", True)], f"attempts {attempts(st)}: {st['reason']}")
+    check_no_secret(ctx, r, pin)
+    check_no_secret(ctx, r, read_key(ctx))
+
+    with harness.Swtpm(state) as tpm:
+        r2 = ctx.boot("tpm2-pin-noprompt", fi_initrd(ctx, "fi-keyfile", keyfile=ctx.disks.key),
+                      disks, f"{FI_APPEND} vm.luks=tpm2,keyfile", extra_args=tpm.qemu_args)
+    st2 = status_of(ctx, r2)
+    ctx.check(attempts(st2) == [("tpm2", False), ("keyfile", True)], f"attempts {attempts(st2)}")
+    detail = (st2.get("unlock_attempts") or [{}])[0].get("detail") or ""
+    ctx.check("needs a TPM2 PIN" in detail, f"tpm2 detail {detail!r}")
+
+
 @scenario("tpm2-pcr-mismatch")
 def tpm2_pcr_mismatch(ctx):
     """Sealed to PCR 7 as it was on the host (zero); the firmware changes it at boot: the TPM2
