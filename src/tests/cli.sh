@@ -42,5 +42,19 @@ p = json.load(open(sys.argv[1]))
 assert p["config"] == {"repo": "https://g/r.git", "branch": "main"}, p["config"]
 assert p["store"] == "off"' "$tmp/plan2"
 
+# enroll-tpm2: argument errors are caught before any TPM or disk is touched.
+"$bin" enroll-tpm2 --help >"$tmp/ehelp" 2>&1
+check "enroll-tpm2 --help exits 0" test $? -eq 0
+check "enroll-tpm2 --help names --pcrs" grep -q -- '--pcrs=LIST' "$tmp/ehelp"
+"$bin" enroll-tpm2 >/dev/null 2>&1
+check "enroll-tpm2 without a device exits 2" test $? -eq 2
+"$bin" enroll-tpm2 --pcrs=7:sha1=00 "$tmp/none" >"$tmp/eout" 2>&1
+check "enroll-tpm2 refuses a sha1 value (exit 2)" test $? -eq 2
+check "enroll-tpm2 says why" grep -q 'sha256' "$tmp/eout"
+truncate -s 1M "$tmp/plain.img"
+"$bin" enroll-tpm2 --pcrs= --unlock-key-file=/dev/null "$tmp/plain.img" >"$tmp/eout2" 2>&1
+check "enroll-tpm2 on a non-LUKS image exits 1" test $? -eq 1
+check "enroll-tpm2 warns about an empty PCR list" grep -q 'WARNING: enrolling with no PCRs' "$tmp/eout2"
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
