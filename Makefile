@@ -95,11 +95,17 @@ $(BUILD)/fuzz/%: src/tests/%.c $(addprefix src/,$(PURE)) src/*.h Makefile | $(PA
 	clang -g -O1 -std=gnu17 -DFACTORY_INIT_VERSION='"$(VERSION)"' -Isrc \
 		-fsanitize=fuzzer,address,undefined -o $@ $< $(addprefix src/,$(PURE)) $(LIBS)
 
-# libFuzzer adds what it finds to its first corpus folder: a copy in build/, seeded from the repo.
-fuzz: $(BUILD)/fuzz/fuzz_plan
-	@mkdir -p $(BUILD)/fuzz/corpus && cp src/tests/corpus/* $(BUILD)/fuzz/corpus/
+# libFuzzer adds what it finds to its first corpus folder: a copy in build/, seeded from the repo
+# (the plan: src/tests/corpus; tokens: the real tokens in src/tests/tokens).
+fuzz: $(BUILD)/fuzz/fuzz_plan $(BUILD)/fuzz/fuzz_token $(BUILD)/fuzz/fuzz_smbios
+	@mkdir -p $(BUILD)/fuzz/corpus $(BUILD)/fuzz/tokens $(BUILD)/fuzz/smbios
+	@cp src/tests/corpus/* $(BUILD)/fuzz/corpus/ && cp src/tests/tokens/* $(BUILD)/fuzz/tokens/
 	$(BUILD)/fuzz/fuzz_plan -runs=$(FUZZ_RUNS) -max_len=4096 -artifact_prefix=$(BUILD)/fuzz/ \
 		$(BUILD)/fuzz/corpus
+	$(BUILD)/fuzz/fuzz_token -runs=$(FUZZ_RUNS) -max_len=4096 -artifact_prefix=$(BUILD)/fuzz/ \
+		$(BUILD)/fuzz/tokens
+	$(BUILD)/fuzz/fuzz_smbios -runs=$(FUZZ_RUNS) -max_len=2048 -artifact_prefix=$(BUILD)/fuzz/ \
+		$(BUILD)/fuzz/smbios
 
 # ---- QEMU ---------------------------------------------------------------------------------
 qemu-check: $(BUILD)/factory-init.static
