@@ -811,7 +811,7 @@ def passphrase(ctx):
     ctx.check(attempts(st) == [("passphrase", False), ("passphrase", True)],
               f"attempts {attempts(st)}")
     ctx.check(st["unlock"] == "passphrase", f"unlock {st['unlock']}")
-    ctx.diag(f"passphrase unlock (typing excluded? no: includes the wait): "
+    ctx.diag(f"passphrase unlock, prompt to open (typed at once): "
              f"{unlock_ms(st, 'passphrase')} ms")
     check_no_secret(ctx, r, key)
     check_no_secret(ctx, r, wrong)
