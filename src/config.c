@@ -140,11 +140,9 @@ static int check_mount_options(const char *v, char *why, size_t why_len)
 
 static int check_store(const char *v, char *why, size_t why_len)
 {
-	if (strcmp(v, "overlay") == 0 || strcmp(v, "off") == 0)
+	if (strcmp(v, "overlay") == 0 || strcmp(v, "bind") == 0 || strcmp(v, "off") == 0)
 		return 0;
-	if (strcmp(v, "bind") == 0)
-		return fail(why, why_len, "is bind, which this version does not support yet");
-	return fail(why, why_len, "must be overlay or off");
+	return fail(why, why_len, "must be overlay, bind or off");
 }
 
 static const char *const method_names[UNLOCK_N_METHODS] = {

@@ -121,3 +121,29 @@ int mount_store_overlay(const char *nix, const char *persist, char *why, size_t 
 	}
 	return 0;
 }
+
+int mount_store_bind(const char *nix, const char *persist, char *why, size_t why_len)
+{
+	char copy[PATH_MAX], rostore[PATH_MAX];
+	const char *lower = "/run/factory-init/lower";
+	int r;
+	snprintf(copy, sizeof(copy), "%s/nix", persist);
+	snprintf(rostore, sizeof(rostore), "%s/.ro-store", nix);
+	if ((r = make_dirs(lower, 0755)) < 0 || (r = mount_bind(nix, lower, true)) < 0) {
+		snprintf(why, why_len, "cannot bind the factory %s: %s", nix, strerror(-r));
+		return r;
+	}
+	if ((r = mount_bind(copy, nix, false)) < 0) {
+		snprintf(why, why_len, "cannot bind %s on %s: %s", copy, nix, strerror(-r));
+		umount2(lower, MNT_DETACH);
+		return r;
+	}
+	if ((r = make_dirs(rostore, 0755)) < 0 || (r = mount_move(lower, rostore)) < 0) {
+		snprintf(why, why_len, "cannot expose the factory store at %s: %s", rostore,
+			 strerror(-r));
+		umount2(nix, MNT_DETACH);
+		umount2(lower, MNT_DETACH);
+		return r;
+	}
+	return 0;
+}

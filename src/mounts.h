@@ -21,4 +21,10 @@ int mount_api_filesystems(void);
  */
 int mount_store_overlay(const char *nix, const char *persist, char *why, size_t why_len);
 
+/*
+ * The bind store layout: <persist>/nix (a complete copy of the factory /nix) bound on nix, and
+ * the factory /nix kept reachable, read-only, at <nix>/.ro-store as in overlay mode.
+ */
+int mount_store_bind(const char *nix, const char *persist, char *why, size_t why_len);
+
 #endif

@@ -48,7 +48,7 @@ size_t plan_modules_for_cpu(const char *cpu_flags, const char **out, size_t max)
 
 const char *store_mode_name(enum store_mode m)
 {
-	return m == STORE_OVERLAY ? "overlay" : "off";
+	return m == STORE_OVERLAY ? "overlay" : m == STORE_BIND ? "bind" : "off";
 }
 
 void plan_warn(struct plan *plan, const char *fmt, ...)
@@ -109,7 +109,9 @@ static void apply_control(struct plan *p, const char *name, const char *value)
 		else
 			strcpy(p->persist_options, DEFAULT_PERSIST_OPTIONS);
 	} else if (strcmp(name, "store") == 0) {
-		p->store = strcmp(value, "off") == 0 ? STORE_OFF : STORE_OVERLAY;
+		p->store = strcmp(value, "off") == 0	? STORE_OFF
+			   : strcmp(value, "bind") == 0 ? STORE_BIND
+							: STORE_OVERLAY;
 	} else if (strcmp(name, "luks.keyfile") == 0) {
 		strscpy(p->keyfile, value, sizeof(p->keyfile));
 		p->keyfile_explicit = true;

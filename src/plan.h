@@ -18,6 +18,7 @@ struct json_object;
 enum store_mode {
 	STORE_OVERLAY, /* overlayfs on /nix: factory /nix below, /persist/nix/upper above */
 	STORE_OFF,     /* leave the factory /nix as it is */
+	STORE_BIND,    /* /persist/nix: a complete copy of the factory /nix, bound on /nix */
 };
 
 enum persist_kind {

@@ -12,6 +12,7 @@
 #include "modules.h"
 #include "mounts.h"
 #include "plan.h"
+#include "seed.h"
 #include "status.h"
 #include "switchroot.h"
 #include "tpm2.h"
@@ -126,6 +127,81 @@ static int config_step(const struct plan *p, struct status *st, const char *root
 	return result;
 }
 
+/* Bind mode: a complete copy of the factory /nix on /persist, bound on /nix. */
+static bool bind_store(struct status *st, const char *nix_dir, const char *persist_dir)
+{
+	char why[512] = "";
+	struct seed_stats ss;
+	bool copied = false, refreshed = false;
+	uint64_t t = now_ms();
+	int r =
+	    seed_bind_store(nix_dir, persist_dir, st->factory_id, &ss, &copied, &refreshed,
+			    st->factory_previous, sizeof(st->factory_previous), why, sizeof(why));
+	status_step(st, copied ? "store-copy" : "store-check", now_ms() - t, r);
+	st->refreshed = refreshed;
+	if (copied) {
+		st->seeded = true;
+		st->seed.files = ss.files;
+		st->seed.dirs = ss.dirs;
+		st->seed.symlinks = ss.symlinks;
+		st->seed.hardlinks = ss.hardlinks;
+		st->seed.kept = ss.kept;
+		st->seed.bytes = ss.bytes;
+		st->seed.ms = ss.ms;
+		log_info("copied the factory store to /persist/nix: %llu files, %llu hard links, "
+			 "%llu MB in %llu ms%s",
+			 (unsigned long long)ss.files, (unsigned long long)ss.hardlinks,
+			 (unsigned long long)(ss.bytes / 1000000), (unsigned long long)ss.ms,
+			 ss.kept ? " (resumed)" : "");
+	}
+	if (r >= 0) {
+		t = now_ms();
+		r = mount_store_bind(nix_dir, persist_dir, why, sizeof(why));
+		status_step(st, "store", now_ms() - t, r);
+	}
+	if (r < 0) {
+		status_reason(st, "/nix is not the bound copy of the store: %s", why);
+		log_err("bind store not possible: %s; trying the overlay", why);
+		return false;
+	}
+	strcpy(st->store, "bind");
+	log_info("/nix is /persist/nix (a complete copy of the factory store), factory store "
+		 "also at /nix/.ro-store");
+	return true;
+}
+
+static void store_step(const struct plan *p, struct status *st, const char *root,
+		       const char *nix_dir, const char *persist_dir)
+{
+	char why[512] = "";
+	if (seed_factory_identity(root, st->factory_id, sizeof(st->factory_id)) < 0)
+		strcpy(st->factory_id, "unknown");
+	if (p->store == STORE_BIND && bind_store(st, nix_dir, persist_dir))
+		return;
+	uint64_t t = now_ms();
+	bool refreshed = false;
+	char previous[sizeof(st->factory_previous)];
+	int fixed = seed_overlay_refresh(nix_dir, persist_dir, st->factory_id, &refreshed, previous,
+					 sizeof(previous));
+	if (p->store != STORE_BIND) {
+		st->refreshed = refreshed;
+		strscpy(st->factory_previous, previous, sizeof(st->factory_previous));
+	}
+	if (fixed < 0)
+		log_warn("cannot check the upper layer against the factory image: %s",
+			 strerror(-fixed));
+	int r = mount_store_overlay(nix_dir, persist_dir, why, sizeof(why));
+	status_step(st, "store", now_ms() - t, r);
+	if (r < 0) {
+		status_reason(st, "/nix stays the factory store: %s", why);
+		log_err("/nix stays the factory store: %s", why);
+	} else {
+		strcpy(st->store, "overlay");
+		log_info("/nix is an overlay: factory store below, /persist/nix/upper "
+			 "above, factory store also at /nix/.ro-store");
+	}
+}
+
 void persist_setup(const struct plan *p, struct status *st, const char *root)
 {
 	char why[512] = "", persist_dir[PATH_MAX], nix_dir[PATH_MAX], desc[160];
@@ -211,21 +287,10 @@ void persist_setup(const struct plan *p, struct status *st, const char *root)
 	st->persist = true;
 	log_info("mounted %s on /persist (btrfs, %s)", fsdev, p->persist_options);
 
-	if (p->store == STORE_OFF) {
+	if (p->store == STORE_OFF)
 		strcpy(st->store, "off");
-	} else {
-		t = now_ms();
-		r = mount_store_overlay(nix_dir, persist_dir, why, sizeof(why));
-		status_step(st, "store", now_ms() - t, r);
-		if (r < 0) {
-			status_reason(st, "/nix stays the factory store: %s", why);
-			log_err("/nix stays the factory store: %s", why);
-		} else {
-			strcpy(st->store, "overlay");
-			log_info("/nix is an overlay: factory store below, /persist/nix/upper "
-				 "above, factory store also at /nix/.ro-store");
-		}
-	}
+	else
+		store_step(p, st, root, nix_dir, persist_dir);
 config:
 	if (!st->persist)
 		log_err("booting on the factory store: %s", st->reason);

@@ -98,6 +98,24 @@ char *status_to_json(const struct status *st)
 	json_object_object_add(o, "key_in_cmdline", json_object_new_boolean(st->key_in_cmdline));
 	json_object_object_add(o, "store", json_object_new_string(st->store));
 	json_object_object_add(o, "tpm2", str_or_null(st->tpm2));
+	struct json_object *img = json_object_new_object();
+	json_object_object_add(img, "id", str_or_null(st->factory_id));
+	json_object_object_add(img, "previous", str_or_null(st->factory_previous));
+	json_object_object_add(img, "refreshed", json_object_new_boolean(st->refreshed));
+	json_object_object_add(o, "factory_image", img);
+	if (st->seeded) {
+		struct json_object *sd = json_object_new_object();
+		json_object_object_add(sd, "files", json_object_new_int64((int64_t)st->seed.files));
+		json_object_object_add(sd, "dirs", json_object_new_int64((int64_t)st->seed.dirs));
+		json_object_object_add(sd, "symlinks",
+				       json_object_new_int64((int64_t)st->seed.symlinks));
+		json_object_object_add(sd, "hardlinks",
+				       json_object_new_int64((int64_t)st->seed.hardlinks));
+		json_object_object_add(sd, "kept", json_object_new_int64((int64_t)st->seed.kept));
+		json_object_object_add(sd, "bytes", json_object_new_int64((int64_t)st->seed.bytes));
+		json_object_object_add(sd, "ms", json_object_new_int64((int64_t)st->seed.ms));
+		json_object_object_add(o, "store_copy", sd);
+	}
 	struct json_object *w = json_object_new_array();
 	for (size_t i = 0; i < st->n_warnings; i++)
 		json_object_array_add(w, json_object_new_string(st->warnings[i]));

@@ -39,8 +39,15 @@ struct status {
 	struct status_attempt attempts[STATUS_MAX_ATTEMPTS];
 	size_t n_attempts;
 	bool key_in_cmdline; /* the key sat in /proc/cmdline, readable by stage 2 */
-	char store[16];	     /* "overlay", "off" or "factory" (planned overlay not possible) */
-	char tpm2[128];	     /* "none", or the TPM found ("/dev/tpmrm0, manufacturer IBM") */
+	char store[16]; /* "overlay", "bind", "off" or "factory" (planned store not possible) */
+	char factory_id[128];	    /* the factory image's identity (see seed.h) */
+	char factory_previous[128]; /* the identity recorded on /persist, "" on a first boot */
+	bool refreshed;		    /* the image changed since the last boot */
+	bool seeded;		    /* bind mode copied store data this boot */
+	struct {
+		uint64_t files, dirs, symlinks, hardlinks, kept, bytes, ms;
+	} seed;
+	char tpm2[128]; /* "none", or the TPM found ("/dev/tpmrm0, manufacturer IBM") */
 	char warnings[STATUS_MAX_WARNINGS][256];
 	size_t n_warnings;
 	struct status_step steps[STATUS_MAX_STEPS];

@@ -77,7 +77,7 @@ static void test_key_checks(void **state)
 	assert_int_equal(check("persist.options", "a b"), -EINVAL);
 	assert_int_equal(check("store", "overlay"), 0);
 	assert_int_equal(check("store", "off"), 0);
-	assert_int_equal(check("store", "bind"), -EINVAL);
+	assert_int_equal(check("store", "bind"), 0);
 	assert_int_equal(check("store", "tmpfs"), -EINVAL);
 	assert_int_equal(check("luks.keyfile", "/etc/key"), 0);
 	assert_int_equal(check("luks.keyfile", "key"), -EINVAL);
