@@ -15,7 +15,7 @@ WARN := -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wstrict-prototypes -Wmissing-
 	-Wno-missing-field-initializers -Wno-format-truncation
 CFLAGS ?= -O2 -g
 CFLAGS += -std=gnu17 $(WARN) -DFACTORY_INIT_VERSION='"$(VERSION)"' -D_FILE_OFFSET_BITS=64
-LIBS := -lblkid -lmount -lcryptsetup -lkmod -ljson-c -ltss2-esys -ltss2-mu -ltss2-rc \
+LIBS := -lpthread -lblkid -lmount -lcryptsetup -lkmod -ljson-c -ltss2-esys -ltss2-mu -ltss2-rc \
 	-ltss2-tcti-device -lnettle
 # The development build also speaks to software TPMs (swtpm, mssim) for enroll-tpm2 on the host;
 # the static build carries only the device TCTI (the TCTI archives all define Tss2_Tcti_Info).
@@ -23,15 +23,15 @@ DEV_TCTI := -DHAVE_TCTI_SWTPM -DHAVE_TCTI_MSSIM
 DEV_TCTI_LIBS := -ltss2-tcti-swtpm -ltss2-tcti-mssim
 
 SRC := util.c log.c cmdline.c config.c plan.c status.c devices.c modules.c unlock.c mounts.c \
-	switchroot.c tpm2.c base64.c credentials.c passphrase.c token.c tpm2_policy.c enroll.c stage1.c main.c
+	switchroot.c tpm2.c base64.c credentials.c passphrase.c token.c tpm2_policy.c enroll.c seed.c stage1.c main.c
 # The pure files: what the unit tests and fuzzers link.
-PURE := util.c log.c cmdline.c config.c plan.c status.c devices.c base64.c credentials.c passphrase.c token.c tpm2_policy.c
-TESTS := test_cmdline test_config test_plan test_status test_devices test_credentials test_passphrase test_token test_tpm2_policy
+PURE := util.c log.c cmdline.c config.c plan.c status.c devices.c base64.c credentials.c passphrase.c token.c tpm2_policy.c seed.c
+TESTS := test_cmdline test_config test_plan test_status test_devices test_credentials test_passphrase test_token test_tpm2_policy test_seed
 
 SANITIZE := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 
 .PHONY: all static deps unit cli check qemu-check demo bench format format-check clean fuzz \
-	packages FORCE
+	examples-check packages FORCE
 
 all: $(BUILD)/factory-init
 
@@ -111,7 +111,16 @@ fuzz: $(BUILD)/fuzz/fuzz_plan $(BUILD)/fuzz/fuzz_token $(BUILD)/fuzz/fuzz_smbios
 qemu-check: $(BUILD)/factory-init.static
 	python3 qemu-tests/run.py
 
-check: unit cli fuzz qemu-check
+# The libvirt example validates against libvirt's schemas (virt-xml-validate: libvirt-clients).
+examples-check: | $(PACKAGES_STAMP)
+	sh nixos/examples/validate.sh
+
+# The NixOS modules, package and images, evaluated (not built) against $(NIXPKGS), a nixpkgs
+# tree (SKIP when unset): nixos/tests/eval.sh.
+nixos-check:
+	bash nixos/tests/eval.sh
+
+check: unit cli fuzz qemu-check examples-check nixos-check
 
 demo: $(BUILD)/factory-init.static
 	python3 qemu-tests/demo.py

@@ -47,7 +47,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Pattern, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Pattern, Sequence, Tuple, Union
 
 QEMU = os.environ.get("QEMU", "qemu-system-x86_64")
 QEMU_IMG = os.environ.get("QEMU_IMG", "qemu-img")
@@ -179,6 +179,7 @@ class BootResult:
     cmd: List[str] = field(default_factory=list)
     stderr: str = ""
     interactions: List[Interaction] = field(default_factory=list)
+    killed: bool = False         # kill_when fired: QEMU was killed (a power cut)
 
     # -- helpers for assertions -------------------------------------------
     @property
@@ -297,7 +298,8 @@ def boot(kernel: str, initrd: str, append: str, disks: Sequence[DiskSpec] = (),
          outdir: str = "build/qemu", name: str = "boot", timeout: float = 120,
          icount: bool = False, extra_args: Sequence[str] = (),
          memory: int = 512, echo: bool = False,
-         interact: Sequence[Tuple[ConsolePattern, Union[bytes, str]]] = ()
+         interact: Sequence[Tuple[ConsolePattern, Union[bytes, str]]] = (),
+         kill_when: Optional[Callable[[bytes], bool]] = None
          ) -> BootResult:
     """Boot KERNEL + INITRD under TCG and return the parsed :class:`BootResult`.
 
@@ -319,6 +321,10 @@ def boot(kernel: str, initrd: str, append: str, disks: Sequence[DiskSpec] = (),
                 with ``\\r``, as a serial terminal's Enter does.  What fired
                 is in ``result.interactions``.  A pattern is bytes, str or a
                 compiled bytes regex; TEXT is bytes or str (UTF-8).
+    kill_when:  a power cut: called with the last 4 KiB of console output
+                after each chunk; when it returns true QEMU is killed at once
+                (SIGKILL: what the guest had not written is lost, what QEMU
+                wrote to the image files stays) and ``result.killed`` is set.
     Never sleeps for a fixed time: returns when QEMU exits (normally right
     after ``@@DONE`` and ``poweroff -f``) or is killed at the timeout.
     """
@@ -380,6 +386,10 @@ def boot(kernel: str, initrd: str, append: str, disks: Sequence[DiskSpec] = (),
                     if len(result.interactions) < len(steps):
                         search_from = _interact(proc, steps, console, data,
                                                 search_from, result, start)
+                    if kill_when is not None and not result.killed:
+                        if kill_when((tail + data)[-4096:]):
+                            result.killed = True
+                            _kill(proc)
                     if not seen_done:
                         tail = (tail + data)[-4096:]
                         if b"@@DONE" in tail:

@@ -74,7 +74,11 @@ stamp() {
 }
 
 # ---------------------------------------------------------------- factory
+# build_factory [IMG SIZE MKSTORE-ARGS...]: the factory root; with arguments, IMG also gets a
+# Nix-store-shaped /nix from mkstore.py (for the bind-mode and refresh scenarios).
 build_factory() {
+    img=${1:-factory.img} size=${2:-64M}
+    if [ $# -ge 2 ]; then shift 2; else set --; fi
     tmp=$(mktemp -d "$out/.factory.XXXXXX")
     root=$tmp/root
     mkdir -p "$root"
@@ -105,13 +109,19 @@ HELLO
     printf 'root:x:0:0:root:/:/bin/sh\n' > "$root/etc/passwd"
     printf 'root:x:0:\n' > "$root/etc/group"
     find "$root" -exec touch -h -d "@$EPOCH" {} +
+    if [ $# -gt 0 ]; then
+        # After the touch: the store keeps Nix's mtime of 1.
+        chmod u+w "$root/nix/store"
+        python3 "$HERE/mkstore.py" "$root/nix" "$@"
+    fi
 
-    rm -f "$out/factory.img"
-    truncate -s 64M "$tmp/factory.img"
+    rm -f "$out/$img"
+    truncate -s "$size" "$tmp/$img"
     mkfs.ext4 -q -F -L factory -U "$FACTORY_UUID" \
         -E "hash_seed=$FACTORY_HASH_SEED,root_owner=0:0" \
-        -d "$root" "$tmp/factory.img"
-    mv "$tmp/factory.img" "$out/factory.img"
+        -d "$root" "$tmp/$img"
+    mv "$tmp/$img" "$out/$img"
+    chmod -R u+w "$tmp" 2>/dev/null
     rm -rf "$tmp"
 }
 
@@ -123,6 +133,20 @@ else
     build_factory
     stamp factory.img "$h"
 fi
+
+# Bind mode and factory refresh: a store of 40 paths (~2400 files, hard links, 4 large files),
+# and a newer image with 8 more paths.
+h=$(inputs_hash "$HERE/stage2-reporter.sh" "$BUSYBOX" "$HERE/mkstore.py")
+for v in "factory-store.img 0" "factory-store2.img 8"; do
+    set -- $v
+    if fresh "$1" "$h"; then
+        say "$1 up to date"
+    else
+        say "building $1"
+        build_factory "$1" 160M --paths 40 --files 60 --large 4 --extra "$2"
+        stamp "$1" "$h"
+    fi
+done
 
 # ---------------------------------------------------------------- btrfs
 if fresh btrfs.img "$(inputs_hash)"; then

@@ -855,6 +855,395 @@ def unlock_all_fail(ctx):
 
 
 # ===========================================================================
+# The store: bind mode (first-boot copy, power cuts, disk full) and factory refresh.
+
+STORE_APPEND = f"{FI_APPEND} vm.store=bind"
+
+
+def store_images(ctx):
+    d = ctx.disks   # builds factory-store.img and factory-store2.img too
+    return ctx.path("factory-store.img"), ctx.path("factory-store2.img")
+
+
+def trees(r):
+    """{dir: (all, data, paths)} from the reporter's @@TREE lines."""
+    out = {}
+    for line in r.raw.splitlines():
+        if line.startswith("@@TREE "):
+            f = line.split()
+            if len(f) >= 5:
+                out[f[1]] = tuple(f[2:5])
+    return out
+
+
+def persist_ls(r):
+    for line in r.raw.splitlines():
+        if line.startswith("@@LS /persist"):
+            return line.split()[2:]
+    return None
+
+
+def fresh_btrfs(ctx, name, size="256M", rootdir=None):
+    img = ctx.path(f"{name}.img")
+    subprocess.run(["rm", "-f", img], check=True)
+    subprocess.run(["truncate", "-s", size, img], check=True)
+    cmd = ["mkfs.btrfs", "-q", "-f", "-L", "persist"]
+    if rootdir:
+        cmd += ["--rootdir", rootdir]
+    subprocess.run(cmd + [img], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return img
+
+
+def check_copy_whole(ctx, r, label):
+    """/nix is the bound copy and equals the factory store, hard links and mtimes included."""
+    st = status_of(ctx, r)
+    ctx.check(st["outcome"] == "persist" and st["store"] == "bind",
+              f"{label}: outcome {st['outcome']}, store {st['store']}: {st['reason']}")
+    n = r.mount_at("/nix")
+    ctx.check(n is not None and n.fstype == "btrfs" and not n.readonly,
+              f"{label}: /nix is not the bound copy: {n}")
+    ro = r.mount_at("/nix/.ro-store")
+    ctx.check(ro is not None and ro.readonly, f"{label}: /nix/.ro-store: {ro}")
+    t = trees(r)
+    ctx.require("/nix/store" in t and "/nix/.ro-store/store" in t, f"{label}: no @@TREE lines")
+    ctx.check(t["/nix/store"] == t["/nix/.ro-store/store"],
+              f"{label}: the copy differs from the factory store: {t}")
+    return st
+
+
+def steps_named(st):
+    return {s["name"]: s["ms"] for s in st["steps"]}
+
+
+@scenario("bind-store")
+def bind_store(ctx):
+    """vm.store=bind: boot 1 copies the factory store to /persist/nix (hard links, modes, mtimes
+    of 1 and contents equal) and binds it; boot 2 only binds; a marker survives."""
+    fs1, _ = store_images(ctx)
+    vdb = harness.overlay(fresh_btrfs(ctx, "bind-store"), ctx.path("bind-store.vdb.qcow2"))
+    disks = [Disk(fs1), Disk(vdb, "qcow2", snapshot=False)]
+    initrd = fi_initrd(ctx, "fi-plain")
+    r1 = ctx.boot("bind-store-1", initrd, disks, STORE_APPEND)
+    st1 = check_copy_whole(ctx, r1, "boot 1")
+    ctx.check("store-copy" in steps_named(st1), f"boot 1 did not copy: {st1['steps']}")
+    c = st1.get("store_copy") or {}
+    ctx.check(c.get("files", 0) > 1500 and c.get("hardlinks", 0) > 100,
+              f"copy stats {c}")
+    ctx.diag(f"boot 1: copied {c.get('files')} files, {c.get('hardlinks')} hard links, "
+             f"{c.get('symlinks')} symlinks, {c.get('bytes', 0) // 1000000} MB in "
+             f"{c.get('ms')} ms")
+    ctx.require(r1.marker_written, "boot 1 wrote no marker under /nix")
+    r2 = ctx.boot("bind-store-2", initrd, disks, STORE_APPEND)
+    st2 = check_copy_whole(ctx, r2, "boot 2")
+    steps = steps_named(st2)
+    ctx.check("store-copy" not in steps and "store-check" in steps and "store_copy" not in st2,
+              f"boot 2 copied again: {st2['steps']}")
+    ctx.diag(f"boot 2: store-check {steps.get('store-check')} ms, bind {steps.get('store')} ms")
+    ctx.check(r2.marker_found == r1.marker_written, "the marker of boot 1 is gone")
+    ctx.check(st2["factory_image"]["refreshed"] is False, "boot 2 saw a refresh")
+
+
+@scenario("bind-power-cut")
+def bind_power_cut(ctx):
+    """Power cuts during the first copy (at rising progress, and after the data is in but before
+    the copy is renamed into place): every next boot resumes and ends with a whole store; a half
+    copy is never bound."""
+    fs1, _ = store_images(ctx)
+    initrd = fi_initrd(ctx, "fi-plain")
+    append = STORE_APPEND.replace(" quiet", "")
+    import re as _re
+    pct = _re.compile(rb"copying the factory store: (\d+)%")
+
+    def at_least(k):
+        def when(tail):
+            m = pct.findall(tail)
+            return bool(m) and int(m[-1]) >= k
+        return when
+
+    plans = {"a": [10, 40, 70, 100], "b": [60]}
+    for disk, cuts in plans.items():
+        vdb = harness.overlay(fresh_btrfs(ctx, f"power-cut-{disk}"),
+                              ctx.path(f"power-cut-{disk}.vdb.qcow2"))
+        disks = [Disk(fs1), Disk(vdb, "qcow2", snapshot=False)]
+        fired = []
+        for k in cuts:
+            r = ctx.boot(f"power-cut-{disk}-{k}", initrd, disks, append, kill_when=at_least(k))
+            if r.killed:
+                fired.append(k)
+            else:
+                # The copy outran the cut (it finished first): the boot must still be whole.
+                check_copy_whole(ctx, r, f"disk {disk}, uncut at {k}%")
+        ctx.check(fired, f"disk {disk}: no power cut happened (copy too fast?)")
+        r = ctx.boot(f"power-cut-{disk}-final", initrd, disks, append)
+        st = check_copy_whole(ctx, r, f"disk {disk} after cuts at {fired}")
+        c = st.get("store_copy") or {}
+        ctx.diag(f"disk {disk}: cut at {fired}%, then resumed: kept {c.get('kept')} files, "
+                 f"copied {c.get('bytes', 0) // 1000000} MB")
+        ls = persist_ls(r) or []
+        ctx.check(".nix-staging" not in ls, f"staging left behind: {ls}")
+
+
+@scenario("bind-disk-full")
+def bind_disk_full(ctx):
+    """A data disk too small for the copy: the partial copy is removed, /nix is the overlay,
+    the reason says why, and what was on /persist is still there."""
+    fs1, _ = store_images(ctx)
+    root = fresh_dir(ctx.path("disk-full.root"))
+    with open(os.path.join(root, "keep.bin"), "wb") as f:
+        f.write(os.urandom(1 << 20) * 80)       # 80 MiB of the 128 MiB
+    vdb = harness.overlay(fresh_btrfs(ctx, "disk-full", "128M", root),
+                          ctx.path("disk-full.vdb.qcow2"))
+    r = ctx.boot("bind-disk-full", fi_initrd(ctx, "fi-plain"),
+                 [Disk(fs1), Disk(vdb, "qcow2", snapshot=False)], STORE_APPEND)
+    st = status_of(ctx, r)
+    ctx.check(st["outcome"] == "persist", f"outcome {st['outcome']}: {st['reason']}")
+    ctx.check(st["store"] == "overlay", f"store {st['store']}")
+    ctx.check("too small" in (st["reason"] or ""), f"reason {st['reason']!r}")
+    ls = persist_ls(r) or []
+    ctx.check(".nix-staging" not in ls and "keep.bin" in ls, f"/persist holds {ls}")
+    ctx.diag(f"reason: {st['reason']}")
+
+
+def store_names(img):
+    out = subprocess.run(["debugfs", "-R", "ls -p /nix/store", img], check=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout
+    names = [l.split("/")[5] for l in out.splitlines() if l.count("/") >= 6]
+    return sorted(n for n in names if n not in (".", ".."))
+
+
+def identity(names):
+    import hashlib
+    h = hashlib.sha256(b"".join(n.encode() + b"\0" for n in sorted(names))).hexdigest()
+    return "store:" + h[:16]
+
+
+@scenario("refresh-bind")
+def refresh_bind(ctx):
+    """A newer factory image (8 more store paths) replaces vda: bind mode copies only the new
+    paths, records the refresh, and /persist keeps its data."""
+    fs1, fs2 = store_images(ctx)
+    vdb = harness.overlay(fresh_btrfs(ctx, "refresh-bind"), ctx.path("refresh-bind.vdb.qcow2"))
+    initrd = fi_initrd(ctx, "fi-plain")
+    r1 = ctx.boot("refresh-bind-1", initrd, [Disk(fs1), Disk(vdb, "qcow2", snapshot=False)],
+                  STORE_APPEND)
+    st1 = check_copy_whole(ctx, r1, "boot 1")
+    r2 = ctx.boot("refresh-bind-2", initrd, [Disk(fs2), Disk(vdb, "qcow2", snapshot=False)],
+                  STORE_APPEND)
+    st2 = status_of(ctx, r2)
+    img = st2["factory_image"]
+    ctx.check(img["refreshed"] is True and img["previous"] == st1["factory_image"]["id"]
+              and img["id"] == identity(store_names(fs2)), f"factory_image {img}")
+    c = st2.get("store_copy") or {}
+    new = len(store_names(fs2)) - len(store_names(fs1))
+    ctx.check(0 < c.get("files", 0) <= new * 70, f"refresh copied {c} for {new} new paths")
+    t = trees(r2)
+    ctx.check(t.get("/nix/store", (0, 1, 2))[1:] == t.get("/nix/.ro-store/store", (3, 4, 5))[1:],
+              f"the refreshed copy differs from the new factory store: {t}")
+    ctx.check(r2.marker_found == r1.marker_written, "the marker of boot 1 is gone")
+    ctx.diag(f"refresh: {c.get('files')} files of {new} new paths in {c.get('ms')} ms")
+
+
+@scenario("refresh-overlay")
+def refresh_overlay(ctx):
+    """Overlay mode after a newer image: a whiteout of a new store path and an opaque upper
+    store (left by the old image's stage 2) would hide the new paths: both are cleared."""
+    fs1, fs2 = store_images(ctx)
+    n1, n2 = store_names(fs1), store_names(fs2)
+    extra = sorted(set(n2) - set(n1))
+    ctx.require(extra, "the newer image has no new store paths")
+    root = fresh_dir(ctx.path("refresh-overlay.root"))
+    store = os.path.join(root, "nix", "upper", "store")
+    os.makedirs(store)
+    os.makedirs(os.path.join(root, "nix", "work"))
+    with open(os.path.join(root, "nix", ".factory-image"), "w") as f:
+        f.write(identity(n1) + "\n")
+    os.mknod(os.path.join(store, extra[0]), 0o600 | 0o020000, os.makedev(0, 0))
+    os.setxattr(store, "trusted.overlay.opaque", b"y")
+    vdb = harness.overlay(fresh_btrfs(ctx, "refresh-overlay", rootdir=root),
+                          ctx.path("refresh-overlay.vdb.qcow2"))
+    r = ctx.boot("refresh-overlay", fi_initrd(ctx, "fi-plain"),
+                 [Disk(fs2), Disk(vdb, "qcow2", snapshot=False)], FI_APPEND)
+    st = status_of(ctx, r)
+    ctx.check(st["store"] == "overlay", f"store {st['store']}: {st['reason']}")
+    img = st["factory_image"]
+    ctx.check(img["refreshed"] is True and img["previous"] == identity(n1), f"{img}")
+    t = trees(r)
+    ctx.check("/nix/store" in t and t["/nix/store"][1:] == t.get("/nix/.ro-store/store",
+                                                                 (0, 1, 2))[1:],
+              f"new store paths hidden by the upper layer: {t}")
+    check_fi_logged(ctx, r, "removed 2 upper-layer entries")
+
+
+# ===========================================================================
+# Fleet tooling: nixos/create-data-disk.
+
+import hashlib  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+
+CREATE_DATA_DISK = os.path.join(TOP, "nixos", "create-data-disk")
+
+
+def reporter_lines(r, tag):
+    """The reporter's ``@@TAG ...`` lines (what follows the tag, split on white space)."""
+    out = []
+    for line in r.raw.splitlines():
+        i = line.find("@@" + tag + " ")
+        if i >= 0:
+            out.append(line[i + len(tag) + 3:].split())
+    return out
+
+
+def extract_data_disk(ctx, img, key, name):
+    """Reads IMAGE's file system on the host without device-mapper: decrypts a copy offline
+    (cryptsetup reencrypt --decrypt), checks it (btrfs check) and copies its files out with their
+    owners and modes (btrfs restore -m). Returns the directory."""
+    work = fresh_dir(ctx.path(name))
+    plain = os.path.join(work, "plain.img")
+    subprocess.run(["cp", "--sparse=always", img, plain], check=True)
+    for cmd in (["cryptsetup", "reencrypt", "--batch-mode", "--decrypt", "--force-offline-reencrypt",
+                 "--header", os.path.join(work, "header"), "--key-file", key, plain],
+                ["btrfs", "check", "--readonly", plain],
+                ["btrfs", "restore", "-m", plain, os.path.join(work, "files")]):
+        if cmd[1] == "restore":
+            os.makedirs(cmd[-1])
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        ctx.require(p.returncode == 0, f"{' '.join(cmd[:2])} failed: {p.stdout[-600:]}")
+    os.unlink(plain)
+    return os.path.join(work, "files")
+
+
+@scenario("data-disk-tool")
+def data_disk_tool(ctx):
+    """nixos/create-data-disk makes a data disk offline (LUKS2 + Btrfs, /persist layout, config,
+    age host key): on the host its age key decrypts what is encrypted to the printed recipient;
+    in the VM stage 1 unlocks and mounts it, merges its config, and sees the same key, root-owned
+    with the modes asked for."""
+    key = ctx.path("data-disk-tool.key")
+    with open(key, "w") as f:
+        f.write("disk-tool-" + os.urandom(12).hex())
+    with open(key) as f:
+        secret = f.read()
+    img = ctx.path("data-disk-tool.img")
+    size = 1 << 30
+    cfg = {"hostname": "disk-tool-1", "repo": "https://git.example.org/fleet.git",
+           "branch": "main"}
+    t = subprocess.run([CREATE_DATA_DISK, "--force", "--pbkdf", "pbkdf2", "--pbkdf-iterations",
+                        "1000", "--key-file", key, "--hostname", cfg["hostname"], "--repo",
+                        cfg["repo"], "--branch", cfg["branch"], img, "1G"],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ctx.require(t.returncode == 0, f"create-data-disk failed: {t.stderr.strip()}")
+    ctx.check(secret not in t.stdout + t.stderr, "the tool printed the key")
+    recipient = t.stdout.strip().splitlines()[-1] if t.stdout.strip() else ""
+    ctx.require(re.fullmatch(r"age1[0-9a-z]{58}", recipient), f"no recipient: {t.stdout!r}")
+    st = os.stat(img)
+    ctx.check(st.st_size == size, f"image is {st.st_size} bytes")
+    ctx.check(st.st_blocks * 512 < size // 4, f"image not sparse: {st.st_blocks * 512} bytes")
+    ctx.diag(f"1 GiB image, {st.st_blocks * 512 >> 20} MiB allocated; recipient {recipient}")
+    meta = json.loads(subprocess.run(["cryptsetup", "luksDump", "--dump-json-metadata", img],
+                                     check=True, stdout=subprocess.PIPE, text=True).stdout)
+    label = subprocess.run(["blkid", "-p", "-s", "LABEL", "-o", "value", img],
+                           stdout=subprocess.PIPE, text=True).stdout.strip()
+    ctx.check(label == "persist", f"LUKS2 label {label!r}")
+    ctx.check([s["kdf"]["type"] for s in meta["keyslots"].values()] == ["pbkdf2"],
+              f"key slots {meta['keyslots']}")
+
+    # Host: the age round trip with the key read back out of the image (no copy kept by the tool).
+    files = extract_data_disk(ctx, img, key, "data-disk-tool.extract")
+    agekey = os.path.join(files, "keys", "host.agekey")
+    ctx.require(os.path.isfile(agekey), "keys/host.agekey missing from the image")
+    for tool in ("age", "age-keygen"):
+        ctx.require(shutil.which(tool), f"{tool} missing (apt-get install age)")
+    msg = "sops says hello " + os.urandom(8).hex()
+    enc = subprocess.run(["age", "-r", recipient, "-a"], input=msg, check=True,
+                         stdout=subprocess.PIPE, text=True).stdout
+    dec = subprocess.run(["age", "-d", "-i", agekey], input=enc, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    ctx.check(dec.returncode == 0 and dec.stdout == msg,
+              f"age -d with the image's key failed: {dec.stderr.strip()}")
+    pub = subprocess.run(["age-keygen", "-y", agekey], check=True, stdout=subprocess.PIPE,
+                         text=True).stdout.strip()
+    ctx.check(pub == recipient, f"age-keygen -y gives {pub}, the tool printed {recipient}")
+    with open(agekey, "rb") as f:
+        key_sha = hashlib.sha256(f.read()).hexdigest()
+    with open(agekey) as f:
+        age_secret = [l.strip() for l in f if l.startswith("AGE-SECRET-KEY-")][0]
+    ctx.check(age_secret not in t.stdout + t.stderr, "the tool printed the age key")
+    with open(os.path.join(files, "config.json")) as f:
+        ctx.check(json.load(f) == cfg, "config.json in the image differs")
+    want = {"": (0o755, 0, 0), "config.json": (0o644, 0, 0), "keys": (0o700, 0, 0),
+            "keys/host.agekey": (0o600, 0, 0), "keys/host.agekey.pub": (0o644, 0, 0),
+            "nix": (0o755, 0, 0), "nix/upper": (0o755, 0, 0), "nix/work": (0o755, 0, 0)}
+    for rel, (mode, uid, gid) in want.items():
+        if rel == "":
+            continue        # btrfs restore does not set the top directory's mode
+        s = os.lstat(os.path.join(files, rel))
+        ctx.check((s.st_mode & 0o7777, s.st_uid, s.st_gid) == (mode, uid, gid),
+                  f"{rel} in the image: {oct(s.st_mode & 0o7777)} {s.st_uid}:{s.st_gid}")
+    subprocess.run(["rm", "-rf", os.path.dirname(files)], check=True)
+
+    # Guest: stage 1 unlocks it with the same key file (embedded in the initrd) and mounts it;
+    # a second boot finds what the first wrote.
+    initrd = fi_initrd(ctx, "fi-data-disk-tool", keyfile=key)
+    vdb = harness.overlay(img, ctx.path("data-disk-tool.vdb.qcow2"))
+    disks = [Disk(ctx.disks.factory), Disk(vdb, "qcow2", snapshot=False)]
+    r = ctx.boot("data-disk-tool-1", initrd, disks, FI_APPEND)
+    st = status_of(ctx, r)
+    ctx.check(st["outcome"] == "persist", f"outcome {st['outcome']}: {st['reason']}")
+    ctx.check(st["unlock"] == "keyfile", f"unlock {st['unlock']}")
+    p = r.mount_at("/persist")
+    ctx.require(p is not None, "/persist not mounted")
+    ctx.check(p.device == "/dev/mapper/persist" and p.fstype == "btrfs", f"/persist: {p}")
+    for path in (PERSIST_CONFIG, RUN_CONFIG):
+        ctx.check(path in r.files and r.json(path) == cfg, f"{path}: {r.files.get(path)}")
+    ctx.check(r.marker_written, "no marker written under /nix (overlay on the new disk)")
+    stats = {f[-1]: tuple(f[:-1]) for f in reporter_lines(r, "STAT") if len(f) == 4}
+    for rel, (mode, uid, gid) in want.items():
+        path = "/persist" + ("/" + rel if rel else "")
+        if path in ("/persist/nix/upper", "/persist/nix/work"):
+            continue        # not in the reporter's list
+        ctx.check(stats.get(path) == (f"{mode:o}", str(uid), str(gid)),
+                  f"{path} in the VM: {stats.get(path)}")
+    shas = {f[1]: f[0] for f in reporter_lines(r, "SHA256") if len(f) == 2}
+    ctx.check(shas.get("/persist/keys/host.agekey") == key_sha,
+              f"the VM's host.agekey differs from the image's: {shas}")
+    check_no_secret(ctx, r, secret)
+    check_no_secret(ctx, r, age_secret)
+    r2 = ctx.boot("data-disk-tool-2", initrd, disks, FI_APPEND)
+    ctx.check(status_of(ctx, r2)["outcome"] == "persist", "boot 2 did not reach /persist")
+    ctx.check(r2.marker_found and r2.marker_found == r.marker_written,
+              f"boot 2 found marker {r2.marker_found!r}, boot 1 wrote {r.marker_written!r}")
+
+
+@scenario("data-disk-tool-tpm2")
+def data_disk_tool_tpm2(ctx):
+    """create-data-disk --tpm2-device enrolls a TPM2 token (factory-init enroll-tpm2, sealed to
+    the PCR 7 value the VM measures): stage 1 unlocks the new disk unattended."""
+    state = fresh_dir(ctx.path("data-disk-tool-tpm2.tpm"))
+    pcr7 = boot_pcrs(ctx, "data-disk-tool-tpm2-pcrs", state)[7]
+    img = ctx.path("data-disk-tool-tpm2.img")
+    with harness.swtpm_tcp(state) as tpm:
+        t = subprocess.run([CREATE_DATA_DISK, "--force", "--pbkdf", "pbkdf2",
+                            "--pbkdf-iterations", "1000", "--key-file", ctx.disks.key,
+                            "--hostname", "disk-tool-2", f"--tpm2-device={tpm.tcti}",
+                            f"--tpm2-pcrs=7:sha256={pcr7}", "--factory-init", FACTORY_INIT_DEV,
+                            "--format", "qcow2", img, "512M"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ctx.require(t.returncode == 0, f"create-data-disk failed: {t.stderr.strip()}")
+    ctx.diag(t.stderr.strip().splitlines()[0])
+    with harness.Swtpm(state) as tpm:
+        r = ctx.boot("data-disk-tool-tpm2", fi_initrd(ctx, "fi-plain"),
+                     [Disk(ctx.disks.factory), Disk(img, "qcow2")], FI_APPEND,
+                     extra_args=tpm.qemu_args)
+    st = status_of(ctx, r)
+    ctx.check(st["outcome"] == "persist", f"outcome {st['outcome']}: {st['reason']}")
+    ctx.check(attempts(st) == [("tpm2", True)], f"attempts {attempts(st)}")
+    ctx.check(r.json(PERSIST_CONFIG).get("hostname") == "disk-tool-2",
+              f"{PERSIST_CONFIG}: {r.files.get(PERSIST_CONFIG)}")
+    check_no_secret(ctx, r, read_key(ctx))
+
+
+# ===========================================================================
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Run QEMU scenarios, print TAP.")

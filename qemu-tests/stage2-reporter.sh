@@ -7,8 +7,12 @@
 #   @@STAGE2 uptime=<s>     first thing printed
 #   @@MOUNT <line>          each line of /proc/mounts
 #   @@FILE <p> / @@| <line> / @@END <p>   contents of a file, or @@NOFILE <p>
+#   @@STAT <mode> <uid> <gid> <p>         octal mode and owner of each of STAT_PATHS
+#   @@SHA256 <hex> <p>      SHA-256 of each of SHA256_PATHS (never their contents)
 #   @@MARKER found <c> | @@MARKER absent
 #   @@MARKER written <c> | @@MARKER write-failed
+#   @@TREE <dir> <all> <data> <paths>  digests of a store (see tree_digest)
+#   @@LS <dir> <names>      the entries of /persist
 #   @@PCR <n> <hex>         each SHA-256 PCR of the TPM, when the VM has one
 #   @@KMSG <line>           each line of dmesg
 #   @@DONE                  then the machine powers off
@@ -44,6 +48,19 @@ for f in /run/factory-init/status.json /run/vm-config.json /persist/config.json;
     fi
 done
 
+# What the data disk tool (nixos/create-data-disk) puts on /persist.
+STAT_PATHS="/persist /persist/config.json /persist/keys /persist/keys/host.agekey
+            /persist/keys/host.agekey.pub /persist/nix"
+SHA256_PATHS="/persist/keys/host.agekey"
+for p in $STAT_PATHS; do
+    [ -e "$p" ] && echo "@@STAT $(stat -c '%a %u %g' "$p" 2>/dev/null) $p"
+done
+for p in $SHA256_PATHS; do
+    if [ -f "$p" ] && h=$(sha256sum "$p" 2>/dev/null); then
+        echo "@@SHA256 ${h%% *} $p"
+    fi
+done
+
 marker=/nix/var/factory-test/marker
 if [ -f "$marker" ]; then
     echo "@@MARKER found $(cat "$marker" 2>/dev/null)"
@@ -57,6 +74,27 @@ if mkdir -p "${marker%/*}" 2>/dev/null &&
 else
     echo "@@MARKER write-failed"
 fi
+
+tree_digest() {
+    ( cd "$1" 2>/dev/null || exit 1
+      # 1: everything (.links included) with link counts; 2: file contents; 3: the store
+      # paths alone (no .links, no link counts, not the store directory itself), which a
+      # refresh must make equal.
+      { find . -type d -exec stat -c '%n d %a %Y' {} +
+        find . ! -type d -exec stat -c '%n %F %h %a %s %Y' {} +
+        find . -type l | while IFS= read -r l; do echo "$l -> $(readlink "$l")"; done
+      } 2>/dev/null | sort > /run/.tree
+      md5sum < /run/.tree | cut -c1-32
+      find . -path ./.links -prune -o -type f -exec md5sum {} + 2>/dev/null | sort -k2 |
+          md5sum | cut -c1-32
+      grep -v -e '^\./\.links' -e '^\. ' /run/.tree | sed 's/ regular file [0-9]* / regular file /' |
+          md5sum | cut -c1-32
+      rm -f /run/.tree ) | tr '\n' ' '
+}
+for d in /nix/store /nix/.ro-store/store; do
+    [ -d "$d/.links" ] && echo "@@TREE $d $(tree_digest "$d")"
+done
+[ -d /persist ] && echo "@@LS /persist $(ls -A /persist 2>/dev/null | tr '\n' ' ')"
 
 for f in /sys/class/tpm/tpm0/pcr-sha256/*; do
     [ -r "$f" ] && echo "@@PCR ${f##*/} $(cat "$f" 2>/dev/null)"

@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""mkstore.py - fill NIXDIR with a deterministic, Nix-store-shaped tree.
+
+Usage: mkstore.py NIXDIR [--paths N] [--files F] [--large L] [--extra E] [--seed S]
+
+What a real /nix holds and a copy must keep: store paths named
+<32 base32 chars>-name-version, read-only directories (0555) and files (0444,
+0555 for programs), every mtime 1 (Nix canonicalises them), symlinks inside and
+across paths, identical files hard-linked through /nix/store/.links (as
+auto-optimise-store does), a few large files, an extended attribute here and
+there, and /nix/var/nix/db.  N paths of about F files each; L large (4 MiB)
+files (one each in the first L paths); --extra E adds E more paths (a newer factory image with a superset of
+the store).  The same arguments always give the same tree.
+"""
+
+import argparse
+import hashlib
+import os
+import random
+
+B32 = "0123456789abcdfghijklmnpqrsvwxyz"   # Nix's base32 alphabet
+NAMES = ["glibc", "bash", "coreutils", "openssl", "systemd", "python3", "perl",
+         "zlib", "util-linux", "git", "nix", "curl", "sqlite", "ncurses", "xz"]
+
+
+def store_name(rng, i):
+    h = "".join(rng.choice(B32) for _ in range(32))
+    return f"{h}-{NAMES[i % len(NAMES)]}-{1 + i // len(NAMES)}.{rng.randrange(10)}"
+
+
+def content(rng, size, shared):
+    """File bytes; about a fifth come from a small shared pool (hard-link candidates)."""
+    if shared and rng.random() < 0.2:
+        k = rng.randrange(len(shared))
+        return shared[k]
+    return rng.randbytes(size)
+
+
+def make_path(root, links, rng, name, files, large, shared):
+    top = os.path.join(root, "store", name)
+    made = []
+    for sub in ("bin", "lib", "share/doc"):
+        os.makedirs(os.path.join(top, sub), exist_ok=True)
+    for j in range(files):
+        sub = ("bin", "lib", "share/doc")[j % 3]
+        size = rng.choice([64, 300, 1200, 4000, 9000, 20000, 70000])
+        data = content(rng, size, shared)
+        path = os.path.join(top, sub, f"f{j:04d}")
+        digest = hashlib.sha256(data).hexdigest()[:52]
+        link = os.path.join(links, digest)
+        if data in shared and os.path.exists(link):
+            os.link(link, path)
+        else:
+            with open(path, "wb") as f:
+                f.write(data)
+            os.chmod(path, 0o555 if sub == "bin" else 0o444)
+            if data in shared:
+                os.link(path, link)
+        made.append(path)
+    for j in range(large):
+        path = os.path.join(top, "lib", f"large{j}.so")
+        with open(path, "wb") as f:
+            f.write(rng.randbytes(4 << 20))
+        os.chmod(path, 0o444)
+        made.append(path)
+    os.symlink("../lib", os.path.join(top, "bin", "lib-link"))
+    os.symlink(f"/nix/store/{name}/bin/f0000", os.path.join(top, "share", "abs-link"))
+    if made:
+        # user.* attributes survive mkfs.ext4 -d and must survive the copy too.
+        os.setxattr(made[0], "user.factory-test", name[:8].encode())
+    return top
+
+
+def canonicalise(top):
+    """Every mtime 1 and every directory read-only, deepest first, like Nix."""
+    for d, dirs, files in os.walk(top, topdown=False):
+        for n in files + dirs:
+            os.utime(os.path.join(d, n), (1, 1), follow_symlinks=False)
+        os.chmod(d, 0o555)
+        os.utime(d, (1, 1))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("nixdir")
+    ap.add_argument("--paths", type=int, default=40)
+    ap.add_argument("--files", type=int, default=60)
+    ap.add_argument("--large", type=int, default=4)
+    ap.add_argument("--extra", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=1)
+    a = ap.parse_args()
+    rng = random.Random(a.seed)
+    store = os.path.join(a.nixdir, "store")
+    links = os.path.join(store, ".links")
+    os.makedirs(links, exist_ok=True)
+    os.makedirs(os.path.join(a.nixdir, "var", "nix", "db"), exist_ok=True)
+    shared = [rng.randbytes(rng.choice([200, 3000, 15000])) for _ in range(30)]
+    tops = []
+    total = a.paths + a.extra
+    for i in range(total):
+        name = store_name(rng, i)
+        # The extra paths draw from a separate stream: the first N stay the same.
+        prng = random.Random(f"{a.seed}-{name}")
+        tops.append(make_path(a.nixdir, links, prng, name, a.files,
+                              1 if i < a.large else 0, shared))
+    with open(os.path.join(a.nixdir, "var", "nix", "db", "db.sqlite"), "wb") as f:
+        f.write(b"factory test store, %d paths\n" % total)
+    for top in tops:
+        canonicalise(top)
+    for n in os.listdir(links):
+        os.utime(os.path.join(links, n), (1, 1))
+    os.chmod(store, 0o1775)
+
+
+if __name__ == "__main__":
+    main()
