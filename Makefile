@@ -125,8 +125,9 @@ check: unit cli fuzz qemu-check examples-check nixos-check
 demo: $(BUILD)/factory-init.static
 	python3 qemu-tests/demo.py
 
-bench: $(BUILD)/factory-init.static
+bench: $(BUILD)/factory-init.static $(BUILD)/factory-init
 	python3 qemu-tests/bench.py
+	python3 qemu-tests/bench-store.py
 
 format:
 	clang-format -i src/*.c src/*.h src/tests/*.c

@@ -41,7 +41,7 @@ static void usage(FILE *f)
 	      "quiet\n"
 	      "  vm.persist=auto|/dev/X|LABEL=|UUID=|PARTUUID=|PARTLABEL=  (default auto)\n"
 	      "  vm.persist.timeout=SECONDS (default 10)  vm.persist.options=BTRFS-OPTIONS\n"
-	      "  vm.store=overlay|off  vm.luks.key=KEY  vm.luks.keyfile=PATH  vm.debug\n"
+	      "  vm.store=overlay|bind|off  vm.luks.key=KEY  vm.luks.keyfile=PATH  vm.debug\n"
 	      "  vm.luks=tpm2,credential,key,keyfile,passphrase (methods, in order)\n"
 	      "  vm.luks.tries=N (3)  vm.luks.timeout=SECONDS (60)  vm.luks.tpm2.timeout=S (2)\n"
 	      "  systemd.set_credential=NAME:VALUE (also SMBIOS type 11 and fw_cfg credentials)\n"

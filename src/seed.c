@@ -195,6 +195,8 @@ struct copy {
 	atomic_size_t next;
 	atomic_uint_fast64_t bytes;
 	atomic_int error;
+	atomic_bool no_cfr; /* copy_file_range refused this pair of file systems: splice */
+	bool fresh;	    /* dst did not exist: nothing to resume, no need to look */
 	char why[256];
 	pthread_mutex_t why_lock;
 	int running; /* workers still copying, under done_lock */
@@ -319,14 +321,14 @@ static int copy_file(struct copy *c, const struct entry *e, const char *from, co
 	if (in < 0)
 		return -errno;
 	/* A fresh inode: never write through a hard link an earlier, interrupted run made. */
-	if (unlink(to) < 0 && errno != ENOENT)
+	if (!c->fresh && unlink(to) < 0 && errno != ENOENT)
 		return -errno;
 	_cleanup_close_ int out =
 	    open(to, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (out < 0)
 		return -errno;
 	off_t left = e->st.st_size;
-	bool use_cfr = true;
+	bool use_cfr = !atomic_load(&c->no_cfr);
 	while (left > 0) {
 		size_t chunk = left > COPY_CHUNK ? COPY_CHUNK : (size_t)left;
 		ssize_t n;
@@ -336,6 +338,7 @@ static int copy_file(struct copy *c, const struct entry *e, const char *from, co
 				      errno == EOPNOTSUPP)) {
 				/* Another file system (the kernel refuses since 5.19): splice. */
 				use_cfr = false;
+				atomic_store(&c->no_cfr, true);
 				continue;
 			}
 		} else {
@@ -395,7 +398,7 @@ static int walk(struct copy *c, const char *rel, struct seed_stats *st)
 	struct stat s, d;
 	if (lstat(from, &s) < 0)
 		return -errno;
-	bool have = lstat(to, &d) == 0;
+	bool have = !c->fresh && lstat(to, &d) == 0;
 	int r;
 
 	if (S_ISDIR(s.st_mode)) {
@@ -506,6 +509,9 @@ int seed_copy_tree(const char *src, const char *dst, struct seed_stats *st, char
 	atomic_init(&c.next, 0);
 	atomic_init(&c.bytes, 0);
 	atomic_init(&c.error, 0);
+	atomic_init(&c.no_cfr, false);
+	struct stat dst_st;
+	c.fresh = lstat(dst, &dst_st) < 0 && errno == ENOENT;
 	pthread_mutex_init(&c.why_lock, NULL);
 	pthread_mutex_init(&c.done_lock, NULL);
 	pthread_cond_init(&c.done, NULL);

@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""bench-store.py - the bind mode's store copy against rsync -aH, cp -a and a raw copy.
+
+Usage: qemu-tests/bench-store.py [-b BUILD] [--paths N] [--runs R] [--factory-init BIN]
+
+On the host, as root (loop devices, no device-mapper needed): a Nix-store-shaped tree from
+mkstore.py (N store paths of 60 files each, hard links through .links, 4 MiB files in the
+first 20 paths, mtime 1, read-only directories) on an ext4 image, as the factory disk holds
+it, copied onto a fresh Btrfs image mounted with compress=zstd, as /persist is:
+
+  factory-init copy-store SRC DST    the copy engine of vm.store=bind
+  rsync -aHX SRC/ DST/               (-X: xattrs too, which the store copy keeps)
+  cp -a SRC DST
+  dd of the source image             the raw bandwidth of the same bytes, device to device
+
+Every run starts with cold caches (drop_caches) and ends with the copy on disk (syncfs
+and umount are inside the timing). Prints the median of R runs per tool and the ratios.
+"""
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TOP = os.path.dirname(HERE)
+
+
+def sh(*cmd, **kw):
+    return subprocess.run(cmd, check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, **kw).stdout
+
+
+def drop_caches():
+    subprocess.run(["sync"], check=True)
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+    except OSError:
+        pass   # not allowed here: the numbers then include warm caches for every tool alike
+
+
+class Loop:
+    def __init__(self, img, mnt, opts):
+        self.img, self.mnt, self.opts = img, mnt, opts
+
+    def __enter__(self):
+        os.makedirs(self.mnt, exist_ok=True)
+        sh("mount", "-o", "loop," + self.opts, self.img, self.mnt)
+        return self.mnt
+
+    def __exit__(self, *exc):
+        subprocess.run(["umount", self.mnt], check=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("-b", "--build", default=os.path.join(TOP, "build", "bench-store"))
+    ap.add_argument("--paths", type=int, default=400)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--factory-init", default=os.path.join(TOP, "build", "factory-init"))
+    a = ap.parse_args()
+    if os.geteuid() != 0:
+        print("bench-store.py: needs root (loop mounts)", file=sys.stderr)
+        return 2
+    b = os.path.abspath(a.build)
+    os.makedirs(b, exist_ok=True)
+    src_img, dst_img = os.path.join(b, "src.ext4"), os.path.join(b, "dst.btrfs")
+    src_mnt, dst_mnt = os.path.join(b, "src"), os.path.join(b, "dst")
+
+    # The source tree, once (mkfs.ext4 -d: no mount needed to fill it).
+    stamp = os.path.join(b, f"src.{a.paths}.done")
+    if not os.path.exists(stamp):
+        tree = os.path.join(b, "tree")
+        shutil.rmtree(tree, ignore_errors=True)
+        os.makedirs(tree)
+        sh("python3", os.path.join(HERE, "mkstore.py"), os.path.join(tree, "nix"),
+           "--paths", str(a.paths), "--files", "60", "--large", "20")
+        size = int(sh("du", "-sb", tree).split()[0])
+        subprocess.run(["rm", "-f", src_img], check=True)
+        sh("truncate", "-s", str(size * 2 + (256 << 20)), src_img)
+        sh("mkfs.ext4", "-q", "-F", "-d", tree, src_img)
+        subprocess.run(["chmod", "-R", "u+w", tree])
+        shutil.rmtree(tree)
+        open(stamp, "w").close()
+
+    with Loop(src_img, src_mnt, "ro"):
+        nix = os.path.join(src_mnt, "nix")
+        files = int(sh("sh", "-c", f"find {nix} -type f | wc -l"))
+        links = int(sh("sh", "-c", f"find {nix} -type f -links +1 | wc -l"))
+        data = int(sh("du", "-sb", "--apparent-size", nix).split()[0])
+    print(f"tree: {a.paths} store paths, {files} file names ({links} with more than one "
+          f"link), {data / 1e6:.0f} MB apparent; ext4 -> btrfs compress=zstd (loop images)")
+
+    tools = {
+        "factory-init": lambda s, d: [a.factory_init, "copy-store", s, d],
+        "rsync -aHX": lambda s, d: ["rsync", "-aHX", s + "/", d + "/"],
+        "cp -a": lambda s, d: ["cp", "-a", s, d],
+    }
+    results = {}
+    for name, cmd in tools.items():
+        times = []
+        for _ in range(a.runs):
+            subprocess.run(["rm", "-f", dst_img], check=True)
+            sh("truncate", "-s", str(data * 3 + (512 << 20)), dst_img)
+            sh("mkfs.btrfs", "-q", "-f", dst_img)
+            with Loop(src_img, src_mnt, "ro"):
+                drop_caches()
+                with Loop(dst_img, dst_mnt, "compress=zstd"):
+                    t0 = time.monotonic()
+                    subprocess.run(cmd(os.path.join(src_mnt, "nix"), os.path.join(dst_mnt, "nix")),
+                                   check=True, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+                    sh("sync", "-f", dst_mnt)
+                # umount (the final writeback) counts too
+                times.append(time.monotonic() - t0)
+        results[name] = statistics.median(times)
+
+    # The raw bandwidth: the same number of bytes, image to image, through the page cache
+    # and synced, as the copies are.
+    times = []
+    for _ in range(a.runs):
+        drop_caches()
+        raw = os.path.join(b, "raw.out")
+        t0 = time.monotonic()
+        sh("dd", f"if={src_img}", f"of={raw}", "bs=4M", f"count={data // (4 << 20) + 1}",
+           "conv=fsync", "status=none")
+        times.append(time.monotonic() - t0)
+        os.unlink(raw)
+    results["raw (dd)"] = statistics.median(times)
+
+    base = results["factory-init"]
+    print(f"{'tool':<14} {'median s':>9} {'MB/s':>7} {'vs factory-init':>16}")
+    for name, t in results.items():
+        print(f"{name:<14} {t:9.2f} {data / 1e6 / t:7.0f} {t / base:15.2f}x")
+    print(f"factory-init copy-store reaches {results['raw (dd)'] / base * 100:.0f}% of the raw "
+          f"bandwidth; rsync -aHX takes {results['rsync -aHX'] / base:.2f}x and cp -a "
+          f"{results['cp -a'] / base:.2f}x its time")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
