@@ -472,6 +472,56 @@ static int skip_dots(const struct dirent *d)
 	return strcmp(d->d_name, ".") != 0 && strcmp(d->d_name, "..") != 0;
 }
 
+/*
+ * scandirat(3) for a directory fd, which musl lacks: the entries filter accepts, sorted by
+ * compar. Returns the count (the caller frees with free_names) or -1 with errno.
+ */
+static int scan_at(int dfd, struct dirent ***out, int (*filter)(const struct dirent *),
+		   int (*compar)(const struct dirent **, const struct dirent **))
+{
+	int fd = dup(dfd);
+	DIR *d = fd < 0 ? NULL : fdopendir(fd);
+	if (!d) {
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	rewinddir(d);
+	struct dirent **v = NULL, *e;
+	size_t n = 0, cap = 0;
+	int err = 0;
+	while ((e = readdir(d))) {
+		if (filter && !filter(e))
+			continue;
+		if (n == cap) {
+			cap = cap ? cap * 2 : 16;
+			struct dirent **g = realloc(v, cap * sizeof(*v));
+			if (!g) {
+				err = ENOMEM;
+				break;
+			}
+			v = g;
+		}
+		if (!(v[n] = malloc(sizeof(**v)))) {
+			err = ENOMEM;
+			break;
+		}
+		memcpy(v[n++], e, sizeof(**v));
+	}
+	closedir(d);
+	if (err || n > INT_MAX) {
+		for (size_t i = 0; i < n; i++)
+			free(v[i]);
+		free(v);
+		errno = err ? err : EOVERFLOW;
+		return -1;
+	}
+	if (compar && n > 1)
+		qsort(v, n, sizeof(*v), (int (*)(const void *, const void *))compar);
+	*out = v;
+	return (int)n;
+}
+
 static void free_names(struct dirent **names, int n)
 {
 	for (int i = 0; i < n; i++)
@@ -490,7 +540,7 @@ int credentials_read_dir(const char *path, struct credentials *out, config_warn_
 		return r;
 	}
 	struct dirent **names;
-	int n = scandirat(dfd, ".", &names, skip_dots, alphasort);
+	int n = scan_at(dfd, &names, skip_dots, alphasort);
 	if (n < 0) {
 		int r = -errno;
 		warnf(warn, ctx, "credentials directory %s: %s", path, strerror(errno));
@@ -545,7 +595,7 @@ static int read_fw_cfg(const char *dir, struct credentials *out, config_warn_fn 
 		return 0;
 	}
 	struct dirent **names;
-	int n = scandirat(dfd, ".", &names, skip_dots, alphasort);
+	int n = scan_at(dfd, &names, skip_dots, alphasort);
 	if (n < 0) {
 		warnf(warn, ctx, "fw_cfg credentials %s: %s", dir, strerror(errno));
 		return 0;
@@ -634,7 +684,7 @@ static int read_smbios(const char *dir, struct credentials *out, config_warn_fn 
 		return 0;
 	}
 	struct dirent **names;
-	int n = scandirat(dfd, ".", &names, is_oem_strings_entry, by_instance);
+	int n = scan_at(dfd, &names, is_oem_strings_entry, by_instance);
 	if (n < 0) {
 		warnf(warn, ctx, "SMBIOS entries %s: %s", dir, strerror(errno));
 		return 0;
