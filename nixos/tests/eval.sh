@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Evaluates the NixOS side (nixos/, flake.nix) against a nixpkgs tree: nothing is built.
+#
+#   NIXPKGS=/path/to/nixpkgs-24.05 nixos/tests/eval.sh [CASE...]
+#
+# Each case of nixos/tests/eval.nix is forced to a .drv path with nix-instantiate
+# (--readonly-mode: no store writes, no daemon), which runs every NixOS assertion and
+# instantiates the initrd; the cases named mistake-* must fail, with the expected message.
+# Without NIXPKGS or nix-instantiate it prints SKIP and exits 0.
+# NIXOS_CHECK_JOBS: evaluations run at once (default 2; each takes about 1-2 GB).
+set -uo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+
+if [ -z "${NIXPKGS:-}" ]; then
+    echo "SKIP: NIXPKGS not set (NIXPKGS=/path/to/a NixOS 24.05 nixpkgs tree; see README.md, NixOS)"
+    exit 0
+fi
+if ! command -v nix-instantiate >/dev/null 2>&1; then
+    echo "SKIP: nix-instantiate not found (Debian: apt-get install nix-bin)"
+    exit 0
+fi
+NIXPKGS=$(cd "$NIXPKGS" && pwd) || exit 1
+if [ ! -e "$NIXPKGS/nixos/lib/eval-config.nix" ]; then
+    echo "FAIL: $NIXPKGS is not a nixpkgs tree (no nixos/lib/eval-config.nix)"
+    exit 1
+fi
+
+# case → the text its error must contain (mistake-*: must fail)
+declare -A expect_error=(
+    [mistake-store-mode]="boot.initrd.factoryInit.storeMode' is not of type"
+    [mistake-key-in-config]="embeddedConfig must not hold luks.key"
+    [mistake-scripted-hook-with-systemd]="systemd stage 1 does not support 'boot.initrd.postDeviceCommands'"
+)
+all_cases=(package scripted-overlay systemd-overlay scripted-off systemd-bind local-overlay-store
+           sync-config image-qcow2-efi image-qcow2-bios image-raw flake
+           mistake-store-mode mistake-key-in-config mistake-scripted-hook-with-systemd)
+if [ $# -gt 0 ]; then cases=("$@"); else cases=(flake-parse "${all_cases[@]}"); fi
+
+version=$(nix-instantiate --eval --expr "(import $NIXPKGS/lib).version" 2>/dev/null | tr -d '"')
+echo "nixos-check: $(nix-instantiate --version), nixpkgs ${version:-?} at $NIXPKGS"
+
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+
+run_case() {    # case → $out/case.{log,rc,s}
+    local c=$1 t0 rc
+    t0=$(date +%s%3N)
+    if [ "$c" = flake-parse ]; then
+        nix-instantiate --parse "$repo/flake.nix" >/dev/null 2>"$out/$c.log" &&
+            echo "flake.nix parses" >"$out/$c.log"
+    elif [ "$c" = plan-modules ]; then
+        plan_modules >"$out/$c.log" 2>&1
+    else
+        nix-instantiate --eval --strict --readonly-mode "$here/eval.nix" \
+            --arg nixpkgs "$NIXPKGS" --argstr case "$c" >"$out/$c.log" 2>&1
+    fi
+    rc=$?
+    echo "$rc" >"$out/$c.rc"
+    echo $(($(date +%s%3N) - t0)) >"$out/$c.ms"
+}
+
+# The kernel modules factory-init.nix puts in the initrd are those `factory-init --plan` loads
+# (checked when a development build is there).
+factory_init=$repo/build/factory-init
+plan_modules() {
+    local nix plan
+    nix=$(sed -n '/availableKernelModules = \[/,/\];/p' "$here/../modules/factory-init.nix" |
+        grep -o '"[a-z0-9_]*"' | tr -d '"' | sort | paste -sd ' ')
+    echo '{}' >"$out/empty.json"
+    plan=$("$factory_init" --plan --cmdline '' --config "$out/empty.json" |
+        python3 -c 'import json, sys; print(" ".join(sorted(json.load(sys.stdin)["modules"])))')
+    if [ "$nix" = "$plan" ]; then
+        echo "factory-init.nix lists the plan's modules: $plan"
+    else
+        echo "factory-init.nix lists: $nix"
+        echo "factory-init --plan:    $plan"
+        return 1
+    fi
+}
+if [ $# -eq 0 ] && [ -x "$factory_init" ]; then cases+=(plan-modules); fi
+
+jobs_max=${NIXOS_CHECK_JOBS:-2}
+t_start=$(date +%s)
+for c in "${cases[@]}"; do
+    while [ "$(jobs -rp | wc -l)" -ge "$jobs_max" ]; do wait -n; done
+    run_case "$c" &
+done
+wait
+
+passed=0 failed=0
+for c in "${cases[@]}"; do
+    rc=$(cat "$out/$c.rc") ms=$(cat "$out/$c.ms")
+    s=$((ms / 1000)).$((ms % 1000 / 100))
+    if [ -n "${expect_error[$c]:-}" ]; then
+        if [ "$rc" != 0 ] && grep -qF -- "${expect_error[$c]}" "$out/$c.log"; then
+            echo "PASS $c (${s}s): fails as it must: $(grep -m1 -F -- "${expect_error[$c]}" "$out/$c.log" | sed 's/^ *//; s/^- //')"
+            passed=$((passed + 1))
+        else
+            echo "FAIL $c (${s}s): should fail with \"${expect_error[$c]}\", got:"
+            sed 's/^/    /' "$out/$c.log" | tail -n 15
+            failed=$((failed + 1))
+        fi
+    elif [ "$rc" = 0 ]; then
+        echo "PASS $c (${s}s) $(tr -d '"' <"$out/$c.log" | tail -n 1)"
+        if grep -q "warning" "$out/$c.log"; then grep "warning" "$out/$c.log" | sed 's/^/    /'; fi
+        passed=$((passed + 1))
+    else
+        echo "FAIL $c (${s}s):"
+        sed 's/^/    /' "$out/$c.log" | tail -n 20
+        failed=$((failed + 1))
+    fi
+done
+total=$(($(date +%s) - t_start))
+echo "nixos-check: $passed passed, $failed failed (${total}s, $jobs_max at a time)"
+[ "$failed" = 0 ]
