@@ -82,6 +82,21 @@ int mount_api_filesystems(void)
 	return r;
 }
 
+/* Moves the read-only bind of the factory /nix (lower) to rostore; undoes both mounts if not. */
+static int expose_ro_store(const char *lower, const char *nix, const char *rostore, char *why,
+			   size_t why_len)
+{
+	int r;
+	if ((r = make_dirs(rostore, 0755)) < 0 || (r = mount_move(lower, rostore)) < 0) {
+		snprintf(why, why_len, "cannot expose the factory store at %s: %s", rostore,
+			 strerror(-r));
+		umount2(nix, MNT_DETACH);
+		umount2(lower, MNT_DETACH);
+		return r;
+	}
+	return 0;
+}
+
 int mount_store_overlay(const char *nix, const char *persist, char *why, size_t why_len)
 {
 	char upper[PATH_MAX], work[PATH_MAX], rostore[PATH_MAX], opts[3 * PATH_MAX + 64];
@@ -112,14 +127,7 @@ int mount_store_overlay(const char *nix, const char *persist, char *why, size_t 
 		return r;
 	}
 	/* Keep the read-only factory store reachable (Nix's local-overlay-store needs it). */
-	if ((r = make_dirs(rostore, 0755)) < 0 || (r = mount_move(lower, rostore)) < 0) {
-		snprintf(why, why_len, "cannot expose the factory store at %s: %s", rostore,
-			 strerror(-r));
-		umount2(nix, MNT_DETACH);
-		umount2(lower, MNT_DETACH);
-		return r;
-	}
-	return 0;
+	return expose_ro_store(lower, nix, rostore, why, why_len);
 }
 
 int mount_store_bind(const char *nix, const char *persist, char *why, size_t why_len)
@@ -138,12 +146,5 @@ int mount_store_bind(const char *nix, const char *persist, char *why, size_t why
 		umount2(lower, MNT_DETACH);
 		return r;
 	}
-	if ((r = make_dirs(rostore, 0755)) < 0 || (r = mount_move(lower, rostore)) < 0) {
-		snprintf(why, why_len, "cannot expose the factory store at %s: %s", rostore,
-			 strerror(-r));
-		umount2(nix, MNT_DETACH);
-		umount2(lower, MNT_DETACH);
-		return r;
-	}
-	return 0;
+	return expose_ro_store(lower, nix, rostore, why, why_len);
 }

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #include "token.h"
+#include "util.h"
 
 #include "base64.h"
 
@@ -49,17 +50,6 @@ static bool digest_size_valid(size_t n)
 	return n == 20 || n == 32 || n == 48 || n == 64;
 }
 
-static int hex_value(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
 /* Strict hex (either case, even length) into out; returns the byte count or -EINVAL/-ENOBUFS. */
 static ssize_t hex_decode(const char *s, size_t len, uint8_t *out, size_t cap)
 {
@@ -68,7 +58,7 @@ static ssize_t hex_decode(const char *s, size_t len, uint8_t *out, size_t cap)
 	if (len / 2 > cap)
 		return -ENOBUFS;
 	for (size_t i = 0; i < len; i += 2) {
-		int hi = hex_value(s[i]), lo = hex_value(s[i + 1]);
+		int hi = hex_digit_value(s[i]), lo = hex_digit_value(s[i + 1]);
 		if (hi < 0 || lo < 0)
 			return -EINVAL;
 		out[i / 2] = (uint8_t)(hi << 4 | lo);

@@ -2,8 +2,8 @@
 #define _GNU_SOURCE
 #include "tpm2_policy.h"
 #include "token.h"
+#include "util.h"
 
-#include <ctype.h>
 #include <errno.h>
 #include <nettle/sha2.h>
 #include <stdio.h>
@@ -11,14 +11,6 @@
 
 #define TPM2_CC_POLICY_PCR 0x0000017fu
 #define TPM2_ALG_SHA256_ID 0x000bu
-
-static int hexval(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	c = (char)tolower((unsigned char)c);
-	return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-}
 
 int pcr_spec_parse(const char *text, struct pcr_spec *out, char *why, size_t why_len)
 {
@@ -61,7 +53,8 @@ int pcr_spec_parse(const char *text, struct pcr_spec *out, char *why, size_t why
 			}
 			int idx = __builtin_ctz(bit);
 			for (size_t i = 0; i < TPM2_SHA256_LEN; i++) {
-				int hi = hexval(v[2 * i]), lo = hexval(v[2 * i + 1]);
+				int hi = hex_digit_value(v[2 * i]),
+				    lo = hex_digit_value(v[2 * i + 1]);
 				if (hi < 0 || lo < 0) {
 					snprintf(why, why_len, "PCR %s: the value is not hex",
 						 item);

@@ -45,6 +45,8 @@ uint64_t now_ms(void);
 /* Bounded copy that always terminates; returns -ENAMETOOLONG if src did not fit. */
 int strscpy(char *dst, const char *src, size_t size);
 bool str_has_prefix(const char *s, const char *prefix);
+/* The value of a hexadecimal digit (either case), or -1. */
+int hex_digit_value(char c);
 /* True when s contains a byte < 0x20 or 0x7f. */
 bool has_control_chars(const char *s);
 
