@@ -14,7 +14,8 @@ it, copied onto a fresh Btrfs image mounted with compress=zstd, as /persist is:
   dd of the source image             the raw bandwidth of the same bytes, device to device
 
 Every run starts with cold caches (drop_caches) and ends with the copy on disk (syncfs
-and umount are inside the timing). Prints the median of R runs per tool and the ratios.
+and umount are inside the timing); the tools take turns. Prints the median of R runs (5) per
+tool and the ratios.
 """
 
 import argparse
@@ -60,7 +61,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("-b", "--build", default=os.path.join(TOP, "build", "bench-store"))
     ap.add_argument("--paths", type=int, default=400)
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--factory-init", default=os.path.join(TOP, "build", "factory-init"))
     a = ap.parse_args()
     if os.geteuid() != 0:
@@ -100,24 +101,24 @@ def main():
         "rsync -aHX": lambda s, d: ["rsync", "-aHX", s + "/", d + "/"],
         "cp -a": lambda s, d: ["cp", "-a", s, d],
     }
-    results = {}
-    for name, cmd in tools.items():
-        times = []
-        for _ in range(a.runs):
+    # Round robin (one run of each tool in turn), so that drifts of the host hit all alike.
+    times = {name: [] for name in tools}
+    for _ in range(a.runs):
+        for name, cmd in tools.items():
             subprocess.run(["rm", "-f", dst_img], check=True)
             sh("truncate", "-s", str(data * 3 + (512 << 20)), dst_img)
             sh("mkfs.btrfs", "-q", "-f", dst_img)
             with Loop(src_img, src_mnt, "ro"):
-                drop_caches()
                 with Loop(dst_img, dst_mnt, "compress=zstd"):
+                    drop_caches()
                     t0 = time.monotonic()
                     subprocess.run(cmd(os.path.join(src_mnt, "nix"), os.path.join(dst_mnt, "nix")),
                                    check=True, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
                     sh("sync", "-f", dst_mnt)
                 # umount (the final writeback) counts too
-                times.append(time.monotonic() - t0)
-        results[name] = statistics.median(times)
+                times[name].append(time.monotonic() - t0)
+    results = {name: statistics.median(t) for name, t in times.items()}
 
     # The raw bandwidth: the same number of bytes, image to image, through the page cache
     # and synced, as the copies are.
