@@ -167,10 +167,8 @@ int enroll_tpm2_main(int argc, char **argv)
 		crypt_keyslot_destroy(cd, slot);
 		goto out;
 	}
-	char list[80] = "";
-	for (int i = 0, o = 0; i < 24; i++)
-		if (mask & (1u << i))
-			o += snprintf(list + o, sizeof(list) - (size_t)o, "%s%d", o ? "+" : "", i);
+	char list[80];
+	pcr_mask_text(mask, list, sizeof(list));
 	printf("enrolled TPM2 token %d for key slot %d on %s (PCRs %s, sha256 bank, %s primary)\n",
 	       r, slot, device, *list ? list : "none", tok.primary_alg);
 	status = 0;

@@ -237,7 +237,7 @@ void persist_setup(const struct plan *p, struct status *st, const char *root)
 	status_step(st, "credentials", now_ms() - t, 0);
 	t = now_ms();
 
-	/* Only a probe for now: the status says whether the TPM2 unlock could work here. */
+	/* The status says which TPM this VM has, whether or not the disk has a TPM2 token. */
 	r = tpm2_probe(st->tpm2, sizeof(st->tpm2));
 	status_step(st, "tpm2", now_ms() - t, r < 0 ? r : 0);
 	if (r > 0)

@@ -176,11 +176,6 @@ int tpm2_wait_device(unsigned wait_ms)
 	}
 }
 
-bool tpm2_token_needs_pin(const struct tpm2_token *t)
-{
-	return t->pin;
-}
-
 /* ---- the pieces systemd's tokens are made of ------------------------------------------- */
 
 /*
@@ -327,15 +322,15 @@ static int pin_auth(const struct tpm2_token *tok, const struct secret *pin, TPM2
 	return 0;
 }
 
-/* Starts a policy (or trial) session salted by the primary key, AES-128-CFB for parameters. */
-static int start_session(struct tpm *t, ESYS_TR salt_key, TPM2_SE type, ESYS_TR *session, char *why,
+/* Starts a policy session salted by the primary key, AES-128-CFB for parameters. */
+static int start_session(struct tpm *t, ESYS_TR salt_key, ESYS_TR *session, char *why,
 			 size_t why_len)
 {
 	TPMT_SYM_DEF sym = {
 	    .algorithm = TPM2_ALG_AES, .keyBits = {.aes = 128}, .mode = {.aes = TPM2_ALG_CFB}};
-	TSS2_RC rc =
-	    Esys_StartAuthSession(t->esys, salt_key, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
-				  ESYS_TR_NONE, NULL, type, &sym, TPM2_ALG_SHA256, session);
+	TSS2_RC rc = Esys_StartAuthSession(t->esys, salt_key, ESYS_TR_NONE, ESYS_TR_NONE,
+					   ESYS_TR_NONE, ESYS_TR_NONE, NULL, TPM2_SE_POLICY, &sym,
+					   TPM2_ALG_SHA256, session);
 	if (rc != TSS2_RC_SUCCESS)
 		return tss_fail(rc, "StartAuthSession", why, why_len);
 	return 0;
@@ -367,15 +362,6 @@ static int run_policy(struct tpm *t, ESYS_TR session, TPMI_ALG_HASH alg, uint32_
 	return 0;
 }
 
-static void pcr_list(uint32_t mask, char *out, size_t out_len)
-{
-	size_t o = 0;
-	out[0] = '\0';
-	for (int i = 0; i < 24 && o < out_len; i++)
-		if (mask & (1u << i))
-			o += (size_t)snprintf(out + o, out_len - o, "%s%d", o ? "+" : "", i);
-}
-
 /*
  * Explains a policy mismatch: with our record of the values at enrollment, which PCRs differ
  * (expected and current digest); with a token systemd wrote (it keeps only the policy hash),
@@ -387,7 +373,7 @@ static void explain_mismatch(struct tpm *t, const struct tpm2_token *tok, TPMI_A
 	uint8_t now[24][64];
 	size_t len = 0;
 	char err[128], list[80];
-	pcr_list(tok->pcr_mask, list, sizeof(list));
+	pcr_mask_text(tok->pcr_mask, list, sizeof(list));
 	if (read_pcrs(t, alg, tok->pcr_mask, now, &len, err, sizeof(err)) < 0) {
 		snprintf(why, why_len, "the PCR policy (PCRs %s) no longer matches", list);
 		return;
@@ -480,7 +466,7 @@ static int unseal_once(struct tpm *t, const struct tpm2_token *tok, const struct
 	}
 	log_debug("TPM2: sealed object loaded in %llu ms", (unsigned long long)(now_ms() - t0));
 	t0 = now_ms();
-	r = start_session(t, primary, TPM2_SE_POLICY, &session, why, why_len);
+	r = start_session(t, primary, &session, why, why_len);
 	if (r < 0)
 		goto out;
 	/* Salting costs an ECDH in mbedTLS: ~1 s under TCG emulation, milliseconds on KVM. */

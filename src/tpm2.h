@@ -28,9 +28,6 @@ int tpm2_probe(char *desc, size_t desc_len);
  */
 int tpm2_wait_device(unsigned wait_ms);
 
-/* True when the token needs a PIN (tpm2-pin). */
-bool tpm2_token_needs_pin(const struct tpm2_token *t);
-
 /*
  * Unseals the secret of a systemd-tpm2 token with the policy it demands (PCRs, PIN) and returns
  * the LUKS passphrase systemd derives from it: base64(secret), in out. tcti is NULL (the device

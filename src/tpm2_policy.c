@@ -107,3 +107,13 @@ void tpm2_policy_pcr_sha256(uint32_t mask, const uint8_t values[TPM2_POLICY_PCRS
 	sha256_update(&h, sizeof(pcr_digest), pcr_digest);
 	sha256_digest(&h, TPM2_SHA256_LEN, out);
 }
+
+void pcr_mask_text(uint32_t mask, char *out, size_t out_len)
+{
+	size_t o = 0;
+	if (out_len)
+		out[0] = '\0';
+	for (int i = 0; i < TPM2_POLICY_PCRS && o < out_len; i++)
+		if (mask & (1u << i))
+			o += (size_t)snprintf(out + o, out_len - o, "%s%d", o ? "+" : "", i);
+}

@@ -34,4 +34,7 @@ int pcr_spec_parse(const char *text, struct pcr_spec *out, char *why, size_t why
 void tpm2_policy_pcr_sha256(uint32_t mask, const uint8_t values[TPM2_POLICY_PCRS][TPM2_SHA256_LEN],
 			    uint8_t out[TPM2_SHA256_LEN]);
 
+/* Writes the PCRs of mask as systemd writes a PCR list ("0+7"), "" for none. */
+void pcr_mask_text(uint32_t mask, char *out, size_t out_len);
+
 #endif

@@ -163,7 +163,7 @@ static int try_tpm2(struct chain *c)
 		}
 		_cleanup_secret_ struct secret pin = {0};
 		_cleanup_secret_ struct secret pass = {0};
-		if (tpm2_token_needs_pin(&tok) && may_prompt(c)) {
+		if (tok.pin && may_prompt(c)) {
 			char prompt[320];
 			snprintf(prompt, sizeof(prompt), "TPM2 PIN for %s: ", c->device);
 			r = passphrase_ask(prompt, c->p->luks_timeout_s, &pin);

@@ -72,11 +72,24 @@ static void test_spec_parse(void **state)
 	assert_int_equal(pcr_spec_parse("x", &s, why, sizeof(why)), -EINVAL);
 }
 
+static void test_mask_text(void **state)
+{
+	(void)state;
+	char t[80];
+	pcr_mask_text(0, t, sizeof(t));
+	assert_string_equal(t, "");
+	pcr_mask_text(1u << 7, t, sizeof(t));
+	assert_string_equal(t, "7");
+	pcr_mask_text((1u << 0) | (1u << 7) | (1u << 23), t, sizeof(t));
+	assert_string_equal(t, "0+7+23");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_policy_matches_systemd),
 	    cmocka_unit_test(test_spec_parse),
+	    cmocka_unit_test(test_mask_text),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
