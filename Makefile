@@ -90,21 +90,26 @@ cli: $(BUILD)/factory-init
 
 # ---- fuzzing (clang's libFuzzer): make fuzz FUZZ_RUNS=N ---------------------------------------
 FUZZ_RUNS ?= 20000
+# A fixed seed keeps the gate reproducible; `make fuzz FUZZ_SEED=0` lets libFuzzer pick one.
+FUZZ_SEED ?= 1
+FUZZ_FLAGS = -runs=$(FUZZ_RUNS) -seed=$(FUZZ_SEED) -artifact_prefix=$(BUILD)/fuzz/
 $(BUILD)/fuzz/%: src/tests/%.c $(addprefix src/,$(PURE)) src/*.h Makefile | $(PACKAGES_STAMP)
 	@mkdir -p $(BUILD)/fuzz
 	clang -g -O1 -std=gnu17 -DFACTORY_INIT_VERSION='"$(VERSION)"' -Isrc \
 		-fsanitize=fuzzer,address,undefined -o $@ $< $(addprefix src/,$(PURE)) $(LIBS)
 
 # libFuzzer adds what it finds to its first corpus folder: a copy in build/, seeded from the repo
-# (the plan: src/tests/corpus; tokens: the real tokens in src/tests/tokens).
+# (the plan: src/tests/corpus; tokens: the real tokens in src/tests/tokens; SMBIOS:
+# src/tests/smbios, which also keeps inputs that once failed).
 fuzz: $(BUILD)/fuzz/fuzz_plan $(BUILD)/fuzz/fuzz_token $(BUILD)/fuzz/fuzz_smbios
 	@mkdir -p $(BUILD)/fuzz/corpus $(BUILD)/fuzz/tokens $(BUILD)/fuzz/smbios
-	@cp src/tests/corpus/* $(BUILD)/fuzz/corpus/ && cp src/tests/tokens/* $(BUILD)/fuzz/tokens/
-	$(BUILD)/fuzz/fuzz_plan -runs=$(FUZZ_RUNS) -max_len=4096 -artifact_prefix=$(BUILD)/fuzz/ \
+	@cp src/tests/corpus/* $(BUILD)/fuzz/corpus/ && cp src/tests/tokens/* $(BUILD)/fuzz/tokens/ && \
+		cp src/tests/smbios/* $(BUILD)/fuzz/smbios/
+	$(BUILD)/fuzz/fuzz_plan $(FUZZ_FLAGS) -max_len=4096 \
 		$(BUILD)/fuzz/corpus
-	$(BUILD)/fuzz/fuzz_token -runs=$(FUZZ_RUNS) -max_len=4096 -artifact_prefix=$(BUILD)/fuzz/ \
+	$(BUILD)/fuzz/fuzz_token $(FUZZ_FLAGS) -max_len=4096 \
 		$(BUILD)/fuzz/tokens
-	$(BUILD)/fuzz/fuzz_smbios -runs=$(FUZZ_RUNS) -max_len=2048 -artifact_prefix=$(BUILD)/fuzz/ \
+	$(BUILD)/fuzz/fuzz_smbios $(FUZZ_FLAGS) -max_len=2048 \
 		$(BUILD)/fuzz/smbios
 
 # ---- QEMU ---------------------------------------------------------------------------------
