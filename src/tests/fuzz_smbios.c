@@ -23,13 +23,12 @@ static void warn(void *ctx, const char *msg)
 		abort();
 }
 
-/* Does MARKER occur in the part of any NUL-separated string before its first '='? The split is
- * coarser than the parser's (it ignores the formatted area), so it errs towards "yes": a skipped
- * check, never a false alarm. */
+/* Does MARKER occur in the part of any NUL-separated string before its first '='? Strings start
+ * after the formatted area, whose length is the structure's second byte, as in the parser. */
 static bool marker_before_eq(const uint8_t *data, size_t size)
 {
 	const size_t m = strlen(MARKER);
-	size_t start = 0;
+	size_t start = size >= 2 ? data[1] : size;
 	while (start < size) {
 		const uint8_t *nul = memchr(data + start, '\0', size - start);
 		size_t end = nul ? (size_t)(nul - data) : size;
