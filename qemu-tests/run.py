@@ -689,11 +689,11 @@ def tpm2_systemd_enrolled(ctx):
 @scenario("tpm2-pin")
 def tpm2_pin(ctx):
     """A systemd-cryptenroll token with a PIN (--tpm2-with-pin): the PIN is asked on the
-    console and the TPM checks it; without a way to ask (vm.luks= lacks passphrase) the token
+    console and the TPM checks it (a wrong PIN, then the right one, on the next try); without a way to ask (vm.luks= lacks passphrase) the token
     is skipped with that reason and the key file takes over."""
     state = fresh_dir(ctx.path("tpm2-pin.tpm"))
     img = luks_copy(ctx, "tpm2-pin")
-    pin = "pin-4711"
+    pin, wrong = "pin-4711", "pin-4712"
     with harness.swtpm_tcp(state) as tpm:
         e = subprocess.run(["systemd-cryptenroll", f"--tpm2-device={tpm.tcti}",
                             "--tpm2-pcrs=", "--tpm2-with-pin=yes", img],
@@ -705,12 +705,17 @@ def tpm2_pin(ctx):
     disks = [Disk(ctx.disks.factory), Disk(vdb, "qcow2", snapshot=False)]
     with harness.Swtpm(state) as tpm:
         r = ctx.boot("tpm2-pin", fi_initrd(ctx, "fi-plain"), disks, FI_APPEND,
-                     extra_args=tpm.qemu_args, interact=[("TPM2 PIN for /dev/vdb: ",
-                                                          pin + "\r")])
+                     extra_args=tpm.qemu_args, interact=[
+                         ("TPM2 PIN for /dev/vdb (try 1 of 3): ", wrong + "\r"),
+                         ("TPM2 PIN for /dev/vdb (try 2 of 3): ", pin + "\r")])
     st = status_of(ctx, r)
-    ctx.check(len(r.interactions) == 1, "the PIN was not asked for")
-    ctx.check(attempts(st) == [("tpm2", True)], f"attempts {attempts(st)}: {st['reason']}")
+    ctx.check(len(r.interactions) == 2, f"PIN prompts answered: {len(r.interactions)} of 2")
+    ctx.check(attempts(st) == [("tpm2", False), ("tpm2", True)],
+              f"attempts {attempts(st)}: {st['reason']}")
+    detail = (st.get("unlock_attempts") or [{}])[0].get("detail") or ""
+    ctx.check("PIN is wrong" in detail, f"first tpm2 detail {detail!r}")
     check_no_secret(ctx, r, pin)
+    check_no_secret(ctx, r, wrong)
     check_no_secret(ctx, r, read_key(ctx))
 
     with harness.Swtpm(state) as tpm:

@@ -209,6 +209,14 @@ static void primary_template(bool rsa, TPM2B_PUBLIC *pub)
 	}
 }
 
+/* The TPM's own response code without the layer, and for format-one codes without the handle,
+ * session or parameter number (bits 6 and 8-11), so it compares with TPM2_RC_AUTH_FAIL etc. */
+static TSS2_RC tpm_rc_code(TSS2_RC rc)
+{
+	rc &= 0xfff;
+	return (rc & TPM2_RC_FMT1) ? (rc & (TPM2_RC_FMT1 | 0x3f)) : rc;
+}
+
 static int tss_fail(TSS2_RC rc, const char *what, char *why, size_t why_len)
 {
 	snprintf(why, why_len, "TPM2 %s failed: %s", what, Tss2_RC_Decode(rc));
@@ -494,17 +502,25 @@ static int unseal_once(struct tpm *t, const struct tpm2_token *tok, const struct
 	/* Encrypt the response: the secret does not cross the bus in the clear. */
 	Esys_TRSess_SetAttributes(t->esys, session, TPMA_SESSION_ENCRYPT, TPMA_SESSION_ENCRYPT);
 	rc = Esys_Unseal(t->esys, obj, session, ESYS_TR_NONE, ESYS_TR_NONE, &data);
-	if ((rc & 0xfff) == TPM2_RC_AUTH_FAIL || (rc & 0xfff) == TPM2_RC_BAD_AUTH) {
+	TSS2_RC code = tpm_rc_code(rc);
+	if (code == TPM2_RC_AUTH_FAIL || code == TPM2_RC_BAD_AUTH) {
 		snprintf(why, why_len, "the TPM2 PIN is wrong");
 		r = -EACCES;
 		goto out;
 	}
-	if ((rc & 0xfff) == TPM2_RC_POLICY_FAIL) {
+	if (code == TPM2_RC_LOCKOUT) {
+		snprintf(why, why_len,
+			 "the TPM2 is in dictionary-attack lockout after too many wrong PINs; it "
+			 "recovers with time or tpm2_dictionarylockout --clear-lockout");
+		r = -ENOLCK;
+		goto out;
+	}
+	if (code == TPM2_RC_POLICY_FAIL) {
 		explain_mismatch(t, tok, alg, why, why_len);
 		r = -EKEYREJECTED;
 		goto out;
 	}
-	if ((rc & 0xfff) == TPM2_RC_PCR_CHANGED) {
+	if (code == TPM2_RC_PCR_CHANGED) {
 		snprintf(why, why_len, "PCRs changed while unsealing");
 		r = -EAGAIN;
 		goto out;

@@ -161,23 +161,46 @@ static int try_tpm2(struct chain *c)
 			attempt_done(c, "tpm2", source, r, t0);
 			continue;
 		}
-		_cleanup_secret_ struct secret pin = {0};
-		_cleanup_secret_ struct secret pass = {0};
-		if (tok.pin && may_prompt(c)) {
-			char prompt[320];
-			snprintf(prompt, sizeof(prompt), "TPM2 PIN for %s: ", c->device);
-			r = passphrase_ask(prompt, c->p->luks_timeout_s, &pin);
-			if (r < 0)
-				log_warn("no TPM2 PIN typed: %s", strerror(-r));
-		}
-		r = tpm2_unseal(NULL, &tok, pin.data ? &pin : NULL, &pass, c->why, sizeof(c->why));
-		log_debug("TPM2: token %d unsealed after %llu ms", id,
-			  (unsigned long long)(now_ms() - t0));
-		if (r >= 0) {
-			int slot = tok.n_keyslots > 0 ? tok.keyslots[0] : -1;
-			r = try_key(c, "tpm2", source, slot, &pass, t0);
-		} else {
-			attempt_done(c, "tpm2", source, r, t0);
+		/* A PIN token gets vm.luks.tries PIN prompts (the TPM counts each wrong PIN towards
+		 * its dictionary-attack lockout, as with systemd-cryptsetup's tries=). */
+		bool ask = tok.pin && may_prompt(c);
+		unsigned tries = ask ? c->p->luks_tries : 1;
+		for (unsigned i = 1; i <= tries; i++) {
+			_cleanup_secret_ struct secret pin = {0};
+			_cleanup_secret_ struct secret pass = {0};
+			char src[48];
+			if (ask && tries > 1)
+				snprintf(src, sizeof(src), "%s, PIN try %u", source, i);
+			else
+				snprintf(src, sizeof(src), "%s", source);
+			if (ask) {
+				char prompt[320];
+				if (tries > 1)
+					snprintf(prompt, sizeof(prompt),
+						 "TPM2 PIN for %s (try %u of %u): ", c->device, i,
+						 tries);
+				else
+					snprintf(prompt, sizeof(prompt),
+						 "TPM2 PIN for %s: ", c->device);
+				r = passphrase_ask(prompt, c->p->luks_timeout_s, &pin);
+				if (r < 0) {
+					log_warn("no TPM2 PIN typed: %s", strerror(-r));
+					tries = i; /* no one at the console: no further prompt */
+				}
+			}
+			r = tpm2_unseal(NULL, &tok, pin.data ? &pin : NULL, &pass, c->why,
+					sizeof(c->why));
+			log_debug("TPM2: token %d unsealed after %llu ms", id,
+				  (unsigned long long)(now_ms() - t0));
+			if (r >= 0) {
+				int slot = tok.n_keyslots > 0 ? tok.keyslots[0] : -1;
+				r = try_key(c, "tpm2", src, slot, &pass, t0);
+			} else {
+				attempt_done(c, "tpm2", src, r, t0);
+			}
+			if (r != -EACCES || !pin.data)
+				break; /* only a wrong PIN is worth asking again */
+			t0 = now_ms();
 		}
 		tpm2_token_free(&tok);
 		if (r >= 0)

@@ -141,7 +141,7 @@ in
       tries = mkOption {
         type = types.nullOr (types.ints.between 1 10);
         default = null;
-        description = "Passphrase prompts before giving up (`vm.luks.tries=`); null: factory-init's default, 3.";
+        description = "Passphrase prompts, and TPM2 PIN prompts per token, before giving up (`vm.luks.tries=`); null: factory-init's default, 3.";
       };
 
       timeout = mkOption {
