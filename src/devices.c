@@ -8,11 +8,14 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <linux/netlink.h>
 #include <poll.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/sysmacros.h>
 
 static bool is_persist_type(const char *type)
 {
@@ -78,7 +81,12 @@ static void copy_value(blkid_probe pr, const char *name, char *dst, size_t len)
 		strscpy(dst, v, len);
 }
 
-int devices_probe(const char *devname, struct blockdev *out)
+bool devices_spec_needs_partitions(const struct dev_spec *spec)
+{
+	return spec->kind == PERSIST_TAG && spec->spec && str_has_prefix(spec->spec, "PART");
+}
+
+int devices_probe(const char *devname, bool partitions, struct blockdev *out)
 {
 	memset(out, 0, sizeof(*out));
 	if (strscpy(out->devname, devname, sizeof(out->devname)) < 0)
@@ -89,8 +97,10 @@ int devices_probe(const char *devname, struct blockdev *out)
 	blkid_probe_enable_superblocks(pr, 1);
 	blkid_probe_set_superblocks_flags(pr, BLKID_SUBLKS_LABEL | BLKID_SUBLKS_UUID |
 						  BLKID_SUBLKS_TYPE);
-	blkid_probe_enable_partitions(pr, 1);
-	blkid_probe_set_partitions_flags(pr, BLKID_PARTS_ENTRY_DETAILS);
+	if (partitions) {
+		blkid_probe_enable_partitions(pr, 1);
+		blkid_probe_set_partitions_flags(pr, BLKID_PARTS_ENTRY_DETAILS);
+	}
 	int r = blkid_do_safeprobe(pr);
 	if (r == 0) {
 		copy_value(pr, "TYPE", out->type, sizeof(out->type));
@@ -104,9 +114,37 @@ int devices_probe(const char *devname, struct blockdev *out)
 	return r < 0 && r != -2 ? -EIO : 0;
 }
 
-/* Block devices worth probing: everything in /sys/class/block but RAM and unused loop disks. */
-static size_t scan(struct blockdev *devs, size_t max)
+/* The kernel names of a device and, when it is a partition, of its disk ("vda2", "vda"), from
+ * /sys/dev/block/MAJ:MIN. Empty strings when unknown. */
+static void skip_names(dev_t dev, char self[64], char disk[64])
 {
+	self[0] = disk[0] = '\0';
+	if (!dev)
+		return;
+	char link[64], real[PATH_MAX];
+	snprintf(link, sizeof(link), "/sys/dev/block/%u:%u", major(dev), minor(dev));
+	if (!realpath(link, real))
+		return;
+	char *slash = strrchr(real, '/');
+	strscpy(self, slash + 1, 64);
+	char part[PATH_MAX + 16];
+	snprintf(part, sizeof(part), "%s/partition", real);
+	if (access(part, F_OK) != 0)
+		return;
+	*slash = '\0';
+	slash = strrchr(real, '/');
+	if (slash)
+		strscpy(disk, slash + 1, 64);
+}
+
+/* Block devices worth probing: everything in /sys/class/block but RAM and unused loop disks, and
+ * the device to skip (the mounted root: probing it would cost reads and cannot find the data
+ * disk) with its disk. */
+static size_t scan(const struct dev_spec *spec, struct blockdev *devs, size_t max)
+{
+	char self[64], disk[64];
+	skip_names(spec->skip, self, disk);
+	bool partitions = devices_spec_needs_partitions(spec);
 	DIR *d = opendir("/sys/class/block");
 	if (!d)
 		return 0;
@@ -114,13 +152,18 @@ static size_t scan(struct blockdev *devs, size_t max)
 	struct dirent *e;
 	while ((e = readdir(d)) && n < max) {
 		if (e->d_name[0] == '.' || str_has_prefix(e->d_name, "ram") ||
-		    str_has_prefix(e->d_name, "loop"))
+		    str_has_prefix(e->d_name, "loop") || strcmp(e->d_name, self) == 0 ||
+		    strcmp(e->d_name, disk) == 0)
 			continue;
 		char path[80];
 		if (snprintf(path, sizeof(path), "/dev/%s", e->d_name) >= (int)sizeof(path))
 			continue;
-		if (devices_probe(path, &devs[n]) == 0)
+		uint64_t t = now_ms();
+		if (devices_probe(path, partitions, &devs[n]) == 0) {
+			log_debug("probed %s in %llu ms: type %s", path,
+				  (unsigned long long)(now_ms() - t), devs[n].type);
 			n++;
+		}
 	}
 	closedir(d);
 	return n;
@@ -159,9 +202,10 @@ int devices_wait(const struct dev_spec *spec, unsigned timeout_ms, struct blockd
 	struct blockdev devs[32];
 	for (;;) {
 		/* A path names one device: probe just that one (every probe costs disk reads). */
-		size_t n = spec->kind == PERSIST_PATH ? (access(spec->spec, F_OK) == 0 &&
-							 devices_probe(spec->spec, devs) == 0)
-						      : scan(devs, ARRAY_SIZE(devs));
+		size_t n = spec->kind == PERSIST_PATH
+			       ? (access(spec->spec, F_OK) == 0 &&
+				  devices_probe(spec->spec, false, devs) == 0)
+			       : scan(spec, devs, ARRAY_SIZE(devs));
 		int i = devices_choose(spec, devs, n);
 		if (i >= 0) {
 			*out = devs[i];

@@ -7,6 +7,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <sys/types.h>
 
 struct blockdev {
 	char devname[64];    /* /dev/vdb */
@@ -20,6 +21,7 @@ struct blockdev {
 struct dev_spec {
 	enum persist_kind kind;
 	const char *spec; /* "/dev/vdb", "LABEL=persist", or NULL for PERSIST_AUTO */
+	dev_t skip;	  /* a device not to probe (and, if a partition, its disk): the root's; 0 */
 };
 
 /*
@@ -28,12 +30,17 @@ struct dev_spec {
  */
 int devices_choose(const struct dev_spec *spec, const struct blockdev *devs, size_t n);
 
-/* Probes one device node with libblkid. */
-int devices_probe(const char *devname, struct blockdev *out);
+/* Probes one device node with libblkid; partition entry details (PARTUUID, PARTLABEL) only when
+ * asked for, since they cost extra reads. */
+int devices_probe(const char *devname, bool partitions, struct blockdev *out);
+
+/* Pure: does the spec need partition entry details? */
+bool devices_spec_needs_partitions(const struct dev_spec *spec);
 
 /*
- * Waits at most timeout_ms for the device spec names to appear: scans /sys/class/block, then
- * rescans on every kernel uevent. On success fills *out and returns 0; -ETIMEDOUT otherwise.
+ * Waits at most timeout_ms for the device spec names to appear: scans /sys/class/block (less
+ * spec->skip and its disk), then rescans on every kernel uevent. On success fills *out and returns
+ * 0; -ETIMEDOUT otherwise.
  */
 int devices_wait(const struct dev_spec *spec, unsigned timeout_ms, struct blockdev *out);
 

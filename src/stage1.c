@@ -247,7 +247,10 @@ void persist_setup(const struct plan *p, struct status *st, const char *root)
 	snprintf(persist_dir, sizeof(persist_dir), "%s/persist", root);
 	snprintf(nix_dir, sizeof(nix_dir), "%s/nix", root);
 
-	struct dev_spec spec = {p->persist_kind, p->persist};
+	/* The root's device (and disk) cannot hold /persist: the scan skips it. */
+	struct stat rst;
+	struct dev_spec spec = {p->persist_kind, p->persist,
+				stat(root, &rst) == 0 ? rst.st_dev : 0};
 	r = devices_wait(&spec, p->persist_timeout_s * 1000u, &dev);
 	status_step(st, "device", now_ms() - t, r);
 	if (r < 0) {

@@ -73,11 +73,30 @@ static void test_path_and_tags(void **state)
 	assert_int_equal(devices_choose(&s, devs, 2), -ENOENT);
 }
 
+/* Partition entry details cost reads: only PARTUUID= and PARTLABEL= specs ask for them. */
+static void test_needs_partitions(void **state)
+{
+	(void)state;
+	struct dev_spec s = {PERSIST_TAG, "PARTUUID=P-UUID", 0};
+	assert_true(devices_spec_needs_partitions(&s));
+	s.spec = "PARTLABEL=data";
+	assert_true(devices_spec_needs_partitions(&s));
+	s.spec = "LABEL=persist";
+	assert_false(devices_spec_needs_partitions(&s));
+	s.spec = "UUID=1234";
+	assert_false(devices_spec_needs_partitions(&s));
+	s = (struct dev_spec){PERSIST_AUTO, NULL, 0};
+	assert_false(devices_spec_needs_partitions(&s));
+	s = (struct dev_spec){PERSIST_PATH, "/dev/vdb", 0};
+	assert_false(devices_spec_needs_partitions(&s));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_auto),
 	    cmocka_unit_test(test_path_and_tags),
+	    cmocka_unit_test(test_needs_partitions),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
