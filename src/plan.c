@@ -15,11 +15,13 @@
  * Loaded in this order. dm_crypt needs xts (AES itself is built into common kernels, and naming
  * "aes" would pull aesni-intel, which fails on CPUs without AES-NI). libcryptsetup hashes in
  * userspace (nettle) but decrypts key slots through the kernel (AF_ALG skcipher). btrfs pulls
- * its dependencies and softdeps. A module built into the kernel loads as a no-op.
+ * its dependencies and softdeps. The TPM drivers come early, so the device is there by the
+ * time the unlock looks for it (Debian builds them in; NixOS's kernel has them as modules). A
+ * module built into the kernel loads as a no-op.
  */
 const char *const plan_modules[] = {
-    "virtio_pci",     "virtio_blk", "qemu_fw_cfg", "ext4",  "af_alg",
-    "algif_skcipher", "dm_crypt",   "xts",	   "btrfs", "overlay",
+    "virtio_pci", "virtio_blk",	    "qemu_fw_cfg", "tpm_tis", "tpm_crb", "ext4",
+    "af_alg",	  "algif_skcipher", "dm_crypt",	   "xts",     "btrfs",	 "overlay",
 };
 const size_t plan_n_modules = ARRAY_SIZE(plan_modules);
 

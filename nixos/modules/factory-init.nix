@@ -239,8 +239,8 @@ in
       # What factory-init loads itself (libkmod), in helper mode too; `factory-init --plan
       # --cmdline ""` ("modules") is the source of truth for this list.
       boot.initrd.availableKernelModules = [
-        "virtio_pci" "virtio_blk" "qemu_fw_cfg" "ext4" "af_alg" "algif_skcipher" "dm_crypt"
-        "xts" "btrfs" "overlay" "sha256_ssse3"
+        "virtio_pci" "virtio_blk" "qemu_fw_cfg" "tpm_tis" "tpm_crb" "ext4" "af_alg"
+        "algif_skcipher" "dm_crypt" "xts" "btrfs" "overlay" "sha256_ssse3"
       ];
 
       boot.initrd.secrets = mkIf (cfg.luks.keyFile != null) {
