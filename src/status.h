@@ -29,13 +29,13 @@ struct status_attempt {
 };
 
 struct status {
-	const char *mode; /* "stage1" or "helper" */
-	bool persist;	  /* outcome: /persist mounted */
-	char reason[512]; /* why we fell back (or why the store is not as planned) */
-	char device[256]; /* the data disk we used or tried */
-	char fstype[32];  /* what blkid found on it */
-	bool luks;	  /* it was LUKS-encrypted */
-	char unlock[32];  /* the method that unlocked (as in status_attempt), "" if none */
+	const char *mode;  /* "stage1" or "helper" */
+	bool persist;	   /* outcome: /persist mounted */
+	char reason[1024]; /* why we fell back (or why the store is not as planned) */
+	char device[256];  /* the data disk we used or tried */
+	char fstype[32];   /* what blkid found on it */
+	bool luks;	   /* it was LUKS-encrypted */
+	char unlock[32];   /* the method that unlocked (as in status_attempt), "" if none */
 	struct status_attempt attempts[STATUS_MAX_ATTEMPTS];
 	size_t n_attempts;
 	bool key_in_cmdline; /* the key sat in /proc/cmdline, readable by stage 2 */

@@ -322,7 +322,7 @@ int unlock_run(const struct plan *p, struct status *st, const char *device,
 			      device, methods);
 	} else {
 		/* Every attempt's reason, so the one line says exactly why. */
-		char all[512];
+		char all[sizeof(st->reason)];
 		size_t o = (size_t)snprintf(all, sizeof(all), "could not unlock %s (%s):", device,
 					    methods);
 		for (size_t i = 0; i < st->n_attempts && o < sizeof(all); i++)
