@@ -141,13 +141,7 @@ static bool bind_store(struct status *st, const char *nix_dir, const char *persi
 	st->refreshed = refreshed;
 	if (copied) {
 		st->seeded = true;
-		st->seed.files = ss.files;
-		st->seed.dirs = ss.dirs;
-		st->seed.symlinks = ss.symlinks;
-		st->seed.hardlinks = ss.hardlinks;
-		st->seed.kept = ss.kept;
-		st->seed.bytes = ss.bytes;
-		st->seed.ms = ss.ms;
+		st->seed = ss;
 		log_info("copied the factory store to /persist/nix: %llu files, %llu hard links, "
 			 "%llu MB in %llu ms%s",
 			 (unsigned long long)ss.files, (unsigned long long)ss.hardlinks,

@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "seed.h"
+
 #define STATUS_DIR "/run/factory-init"
 #define STATUS_MAX_STEPS 24
 #define STATUS_MAX_WARNINGS 48
@@ -44,10 +46,8 @@ struct status {
 	char factory_previous[128]; /* the identity recorded on /persist, "" on a first boot */
 	bool refreshed;		    /* the image changed since the last boot */
 	bool seeded;		    /* bind mode copied store data this boot */
-	struct {
-		uint64_t files, dirs, symlinks, hardlinks, kept, bytes, ms;
-	} seed;
-	char tpm2[128]; /* "none", or the TPM found ("/dev/tpmrm0, manufacturer IBM") */
+	struct seed_stats seed;	    /* what that copy did, when seeded */
+	char tpm2[128];		    /* "none", or the TPM found ("/dev/tpmrm0, manufacturer IBM") */
 	char warnings[STATUS_MAX_WARNINGS][256];
 	size_t n_warnings;
 	struct status_step steps[STATUS_MAX_STEPS];
