@@ -82,16 +82,30 @@ int mount_api_filesystems(void)
 	return r;
 }
 
-/* Moves the read-only bind of the factory /nix (lower) to rostore; undoes both mounts if not. */
-static int expose_ro_store(const char *lower, const char *nix, const char *rostore, char *why,
-			   size_t why_len)
+/* Both store modes hold the factory /nix here (read-only) while they mount over /nix, then move it
+ * to /nix/.ro-store. */
+#define FACTORY_LOWER "/run/factory-init/lower"
+
+static int hold_factory_store(const char *nix, char *why, size_t why_len)
 {
 	int r;
-	if ((r = make_dirs(rostore, 0755)) < 0 || (r = mount_move(lower, rostore)) < 0) {
+	if ((r = make_dirs(FACTORY_LOWER, 0755)) < 0 ||
+	    (r = mount_bind(nix, FACTORY_LOWER, true)) < 0)
+		snprintf(why, why_len, "cannot bind the factory %s: %s", nix, strerror(-r));
+	return r;
+}
+
+/* Moves the held factory store to <nix>/.ro-store; undoes both mounts if it cannot. */
+static int expose_ro_store(const char *nix, char *why, size_t why_len)
+{
+	char rostore[PATH_MAX];
+	int r;
+	snprintf(rostore, sizeof(rostore), "%s/.ro-store", nix);
+	if ((r = make_dirs(rostore, 0755)) < 0 || (r = mount_move(FACTORY_LOWER, rostore)) < 0) {
 		snprintf(why, why_len, "cannot expose the factory store at %s: %s", rostore,
 			 strerror(-r));
 		umount2(nix, MNT_DETACH);
-		umount2(lower, MNT_DETACH);
+		umount2(FACTORY_LOWER, MNT_DETACH);
 		return r;
 	}
 	return 0;
@@ -99,8 +113,7 @@ static int expose_ro_store(const char *lower, const char *nix, const char *rosto
 
 int mount_store_overlay(const char *nix, const char *persist, char *why, size_t why_len)
 {
-	char upper[PATH_MAX], work[PATH_MAX], rostore[PATH_MAX], opts[3 * PATH_MAX + 64];
-	const char *lower = "/run/factory-init/lower";
+	char upper[PATH_MAX], work[PATH_MAX], opts[3 * PATH_MAX + 64];
 	struct stat st;
 	int r;
 
@@ -110,41 +123,35 @@ int mount_store_overlay(const char *nix, const char *persist, char *why, size_t 
 	}
 	snprintf(upper, sizeof(upper), "%s/nix/upper", persist);
 	snprintf(work, sizeof(work), "%s/nix/work", persist);
-	snprintf(rostore, sizeof(rostore), "%s/.ro-store", nix);
 	if ((r = make_dirs(upper, 0755)) < 0 || (r = make_dirs(work, 0755)) < 0) {
 		snprintf(why, why_len, "cannot create %s/nix/{upper,work}: %s", persist,
 			 strerror(-r));
 		return r;
 	}
-	if ((r = make_dirs(lower, 0755)) < 0 || (r = mount_bind(nix, lower, true)) < 0) {
-		snprintf(why, why_len, "cannot bind the factory %s: %s", nix, strerror(-r));
+	if ((r = hold_factory_store(nix, why, why_len)) < 0)
 		return r;
-	}
-	snprintf(opts, sizeof(opts), "lowerdir=%s,upperdir=%s,workdir=%s", lower, upper, work);
+	snprintf(opts, sizeof(opts), "lowerdir=%s,upperdir=%s,workdir=%s", FACTORY_LOWER, upper,
+		 work);
 	r = mount_fs("overlay", nix, "overlay", opts, why, why_len);
 	if (r < 0) {
-		umount2(lower, MNT_DETACH);
+		umount2(FACTORY_LOWER, MNT_DETACH);
 		return r;
 	}
 	/* Keep the read-only factory store reachable (Nix's local-overlay-store needs it). */
-	return expose_ro_store(lower, nix, rostore, why, why_len);
+	return expose_ro_store(nix, why, why_len);
 }
 
 int mount_store_bind(const char *nix, const char *persist, char *why, size_t why_len)
 {
-	char copy[PATH_MAX], rostore[PATH_MAX];
-	const char *lower = "/run/factory-init/lower";
+	char copy[PATH_MAX];
 	int r;
 	snprintf(copy, sizeof(copy), "%s/nix", persist);
-	snprintf(rostore, sizeof(rostore), "%s/.ro-store", nix);
-	if ((r = make_dirs(lower, 0755)) < 0 || (r = mount_bind(nix, lower, true)) < 0) {
-		snprintf(why, why_len, "cannot bind the factory %s: %s", nix, strerror(-r));
+	if ((r = hold_factory_store(nix, why, why_len)) < 0)
 		return r;
-	}
 	if ((r = mount_bind(copy, nix, false)) < 0) {
 		snprintf(why, why_len, "cannot bind %s on %s: %s", copy, nix, strerror(-r));
-		umount2(lower, MNT_DETACH);
+		umount2(FACTORY_LOWER, MNT_DETACH);
 		return r;
 	}
-	return expose_ro_store(lower, nix, rostore, why, why_len);
+	return expose_ro_store(nix, why, why_len);
 }
