@@ -62,8 +62,7 @@ void seed_store_identity(char **names, size_t n, char *out, size_t out_len)
 		sha256_update(&h, strlen(names[i]) + 1, (const uint8_t *)names[i]);
 	sha256_digest(&h, sizeof(d), d);
 	char hex[17];
-	for (int i = 0; i < 8; i++)
-		snprintf(hex + 2 * i, 3, "%02x", d[i]);
+	hex_encode(d, 8, hex);
 	snprintf(out, out_len, "store:%s", hex);
 }
 

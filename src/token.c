@@ -50,32 +50,6 @@ static bool digest_size_valid(size_t n)
 	return n == 20 || n == 32 || n == 48 || n == 64;
 }
 
-/* Strict hex (either case, even length) into out; returns the byte count or -EINVAL/-ENOBUFS. */
-static ssize_t hex_decode(const char *s, size_t len, uint8_t *out, size_t cap)
-{
-	if (len % 2)
-		return -EINVAL;
-	if (len / 2 > cap)
-		return -ENOBUFS;
-	for (size_t i = 0; i < len; i += 2) {
-		int hi = hex_digit_value(s[i]), lo = hex_digit_value(s[i + 1]);
-		if (hi < 0 || lo < 0)
-			return -EINVAL;
-		out[i / 2] = (uint8_t)(hi << 4 | lo);
-	}
-	return (ssize_t)(len / 2);
-}
-
-static void hex_encode(const uint8_t *in, size_t n, char *out)
-{
-	static const char digits[] = "0123456789abcdef";
-	for (size_t i = 0; i < n; i++) {
-		out[2 * i] = digits[in[i] >> 4];
-		out[2 * i + 1] = digits[in[i] & 15];
-	}
-	out[2 * n] = '\0';
-}
-
 /* Canonical decimal ("0", "17"; no sign, no leading zero) at most max; -1 otherwise. */
 static int parse_index(const char *s, size_t len, int max)
 {

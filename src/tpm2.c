@@ -299,15 +299,6 @@ static int read_pcrs(struct tpm *t, TPMI_ALG_HASH alg, uint32_t mask, uint8_t va
 	return 0;
 }
 
-static void hex(const uint8_t *b, size_t n, char *out, size_t out_len)
-{
-	size_t o = 0;
-	for (size_t i = 0; i < n && o + 3 <= out_len; i++)
-		o += (size_t)snprintf(out + o, out_len - o, "%02x", b[i]);
-	if (o < out_len)
-		out[o] = '\0';
-}
-
 /* The TPM auth value systemd derives from a PIN (with the token's salt where there is one). */
 static int pin_auth(const struct tpm2_token *tok, const struct secret *pin, TPM2B_AUTH *auth)
 {
@@ -395,8 +386,8 @@ static void explain_mismatch(struct tpm *t, const struct tpm2_token *tok, TPMI_A
 			if (memcmp(tok->pcr_values[i], now[i], len) == 0)
 				continue;
 			char a[17], b[17];
-			hex(tok->pcr_values[i], 8, a, sizeof(a));
-			hex(now[i], 8, b, sizeof(b));
+			hex_encode(tok->pcr_values[i], 8, a);
+			hex_encode(now[i], 8, b);
 			o += (size_t)snprintf(why + o, why_len - o, " PCR %d expected %s… now %s…",
 					      i, a, b);
 		}
@@ -407,7 +398,7 @@ static void explain_mismatch(struct tpm *t, const struct tpm2_token *tok, TPMI_A
 	for (int i = 0; i < 24 && o < why_len; i++)
 		if (tok->pcr_mask & (1u << i)) {
 			char b[17];
-			hex(now[i], 8, b, sizeof(b));
+			hex_encode(now[i], 8, b);
 			o += (size_t)snprintf(why + o, why_len - o, " PCR %d %s…", i, b);
 		}
 }

@@ -40,7 +40,7 @@ int pcr_spec_parse(const char *text, struct pcr_spec *out, char *why, size_t why
 		}
 		if (colon) {
 			const char *v = colon + 1;
-			if (strncmp(v, "sha256=", 7) != 0) {
+			if (!str_has_prefix(v, "sha256=")) {
 				snprintf(why, why_len,
 					 "PCR %s: only sha256=HEX values are supported", item);
 				return -EINVAL;
@@ -52,15 +52,10 @@ int pcr_spec_parse(const char *text, struct pcr_spec *out, char *why, size_t why
 				return -EINVAL;
 			}
 			int idx = __builtin_ctz(bit);
-			for (size_t i = 0; i < TPM2_SHA256_LEN; i++) {
-				int hi = hex_digit_value(v[2 * i]),
-				    lo = hex_digit_value(v[2 * i + 1]);
-				if (hi < 0 || lo < 0) {
-					snprintf(why, why_len, "PCR %s: the value is not hex",
-						 item);
-					return -EINVAL;
-				}
-				out->values[idx][i] = (uint8_t)(hi << 4 | lo);
+			if (hex_decode(v, 2 * TPM2_SHA256_LEN, out->values[idx], TPM2_SHA256_LEN) <
+			    0) {
+				snprintf(why, why_len, "PCR %s: the value is not hex", item);
+				return -EINVAL;
 			}
 			out->values_mask |= bit;
 		}

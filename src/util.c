@@ -234,3 +234,28 @@ int hex_digit_value(char c)
 		return c - 'A' + 10;
 	return -1;
 }
+
+ssize_t hex_decode(const char *s, size_t len, uint8_t *out, size_t cap)
+{
+	if (len % 2)
+		return -EINVAL;
+	if (len / 2 > cap)
+		return -ENOBUFS;
+	for (size_t i = 0; i < len; i += 2) {
+		int hi = hex_digit_value(s[i]), lo = hex_digit_value(s[i + 1]);
+		if (hi < 0 || lo < 0)
+			return -EINVAL;
+		out[i / 2] = (uint8_t)(hi << 4 | lo);
+	}
+	return (ssize_t)(len / 2);
+}
+
+void hex_encode(const uint8_t *in, size_t n, char *out)
+{
+	static const char digits[] = "0123456789abcdef";
+	for (size_t i = 0; i < n; i++) {
+		out[2 * i] = digits[in[i] >> 4];
+		out[2 * i + 1] = digits[in[i] & 15];
+	}
+	out[2 * n] = '\0';
+}

@@ -47,6 +47,10 @@ int strscpy(char *dst, const char *src, size_t size);
 bool str_has_prefix(const char *s, const char *prefix);
 /* The value of a hexadecimal digit (either case), or -1. */
 int hex_digit_value(char c);
+/* Strict hex (either case, even length) into out; returns the byte count or -EINVAL/-ENOBUFS. */
+ssize_t hex_decode(const char *s, size_t len, uint8_t *out, size_t cap);
+/* n bytes as 2n lower-case hex digits and a NUL. */
+void hex_encode(const uint8_t *in, size_t n, char *out);
 /* True when s contains a byte < 0x20 or 0x7f. */
 bool has_control_chars(const char *s);
 
