@@ -300,7 +300,7 @@ static int read_pcrs(struct tpm *t, TPMI_ALG_HASH alg, uint32_t mask, uint8_t va
 }
 
 /* The TPM auth value systemd derives from a PIN (with the token's salt where there is one). */
-static int pin_auth(const struct tpm2_token *tok, const struct secret *pin, TPM2B_AUTH *auth)
+static void pin_auth(const struct tpm2_token *tok, const struct secret *pin, TPM2B_AUTH *auth)
 {
 	struct sha256_ctx h;
 	auth->size = SHA256_DIGEST_SIZE;
@@ -318,7 +318,6 @@ static int pin_auth(const struct tpm2_token *tok, const struct secret *pin, TPM2
 		sha256_update(&h, pin->len, (const uint8_t *)pin->data);
 	}
 	sha256_digest(&h, SHA256_DIGEST_SIZE, auth->buffer);
-	return 0;
 }
 
 /* Starts a policy session salted by the primary key, AES-128-CFB for parameters. */
@@ -603,10 +602,8 @@ int tpm2_seal(const char *tcti, const struct pcr_spec *pcrs, struct tpm2_token *
 	}
 	tok->pcr_value_len = TPM2_SHA256_LEN;
 	tok->pcr_values_mask = pcrs->mask;
-	if (pcrs->mask)
+	if (pcrs->mask) /* else the empty policy, as initialised: all zero */
 		tpm2_policy_pcr_sha256(pcrs->mask, chosen, policy.buffer);
-	else
-		policy.size = TPM2_SHA256_LEN; /* the empty policy: all zero */
 
 	/* The secret: 32 bytes from the kernel's generator (the TPM's would do as well). */
 	uint8_t secret[32];

@@ -142,7 +142,7 @@ static int try_tpm2(struct chain *c)
 	int id = 0, r = -ENOENT;
 	const char *json;
 	bool waited = false;
-	for (; unlock_next_token(c->cd, "systemd-tpm2", &id, &json) == 0; id++) {
+	for (; unlock_next_token(c->cd, TPM2_TOKEN_TYPE, &id, &json) == 0; id++) {
 		uint64_t t0 = now_ms();
 		char source[32];
 		snprintf(source, sizeof(source), "token %d", id);
@@ -162,8 +162,9 @@ static int try_tpm2(struct chain *c)
 			continue;
 		}
 		/* A PIN token gets vm.luks.tries PIN prompts (the TPM counts each wrong PIN towards
-		 * its dictionary-attack lockout, as with systemd-cryptsetup's tries=). */
-		bool ask = tok.pin && may_prompt(c);
+		 * its dictionary-attack lockout, as with systemd-cryptsetup's tries=); none for a
+		 * token tpm2_unseal will refuse anyway. */
+		bool ask = tok.pin && may_prompt(c) && !tpm2_token_unsupported(&tok);
 		unsigned tries = ask ? c->p->luks_tries : 1;
 		for (unsigned i = 1; i <= tries; i++) {
 			_cleanup_secret_ struct secret pin = {0};
