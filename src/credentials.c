@@ -241,12 +241,11 @@ static int parse_smbios_string(const char *s, size_t len, unsigned index, struct
 {
 	bool binary;
 	size_t plen;
-	if (len >= strlen(SMBIOS_PREFIX_TEXT) &&
-	    memcmp(s, SMBIOS_PREFIX_TEXT, strlen(SMBIOS_PREFIX_TEXT)) == 0) {
+	/* s is NUL-terminated at s[len]. */
+	if (str_has_prefix(s, SMBIOS_PREFIX_TEXT)) {
 		binary = false;
 		plen = strlen(SMBIOS_PREFIX_TEXT);
-	} else if (len >= strlen(SMBIOS_PREFIX_BINARY) &&
-		   memcmp(s, SMBIOS_PREFIX_BINARY, strlen(SMBIOS_PREFIX_BINARY)) == 0) {
+	} else if (str_has_prefix(s, SMBIOS_PREFIX_BINARY)) {
 		binary = true;
 		plen = strlen(SMBIOS_PREFIX_BINARY);
 	} else {
@@ -419,11 +418,7 @@ static int read_fd_locked(int fd, size_t max, char **out, size_t *out_len, size_
 			break;
 		len += (size_t)n;
 	}
-	if (len > max) {
-		locked_free(buf, cap);
-		return -EFBIG;
-	}
-	*out = buf;
+	*out = buf; /* len < cap <= max + 1: a full buffer was refused above */
 	*out_len = len;
 	*out_cap = cap;
 	return 0;

@@ -133,14 +133,6 @@ static int sync_path(const char *path)
 	return syncfs(fd) < 0 ? -errno : 0;
 }
 
-static int fsync_dir(const char *path)
-{
-	_cleanup_close_ int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	return fsync(fd) < 0 ? -errno : 0;
-}
-
 int seed_factory_identity(const char *root, char *out, size_t out_len)
 {
 	char path[PATH_MAX];
@@ -580,10 +572,10 @@ int seed_copy_tree(const char *src, const char *dst, struct seed_stats *st, char
 		join(to, sizeof(to), dst, e->rel);
 		join(from, sizeof(from), dst, c.e[e->link_to].rel);
 		struct stat a, b;
-		if (lstat(to, &a) == 0 && lstat(from, &b) == 0 && a.st_ino == b.st_ino &&
-		    a.st_dev == b.st_dev)
+		bool exists = lstat(to, &a) == 0;
+		if (exists && lstat(from, &b) == 0 && a.st_ino == b.st_ino && a.st_dev == b.st_dev)
 			continue;
-		if (lstat(to, &a) == 0 && remove_tree(to) < 0) {
+		if (exists && remove_tree(to) < 0) {
 			r = -errno;
 			snprintf(why, why_len, "replacing %s: %s", to, strerror(errno));
 			goto out;

@@ -161,7 +161,12 @@ static int fsync_parent(const char *path)
 		dir[1] = '\0';
 	else
 		*slash = '\0';
-	_cleanup_close_ int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	return fsync_dir(dir);
+}
+
+int fsync_dir(const char *path)
+{
+	_cleanup_close_ int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
 	return fsync(fd) < 0 ? -errno : 0;

@@ -56,6 +56,8 @@ bool has_control_chars(const char *s);
 
 /* Reads a whole file into a NUL-terminated buffer (at most max bytes). */
 int read_file(const char *path, size_t max, char **out, size_t *out_len);
+/* fsync(2) of a directory, so the entries made or renamed in it are durable. */
+int fsync_dir(const char *path);
 /* Writes data to path atomically: temp file in the same directory, fsync, rename, fsync dir. */
 int write_file_atomic(const char *path, const void *data, size_t len, unsigned mode);
 /* mkdir -p with the given mode for missing components. */
