@@ -2,8 +2,7 @@
 #include "base64.h"
 
 #include <errno.h>
-
-static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+#include <nettle/base64.h>
 
 static int value_of(char c)
 {
@@ -56,18 +55,7 @@ ssize_t base64_decode(const char *in, size_t len, uint8_t *out, size_t cap)
 
 size_t base64_encode(const uint8_t *in, size_t n, char *out)
 {
-	size_t o = 0;
-	for (size_t i = 0; i < n; i += 3) {
-		uint32_t v = (uint32_t)in[i] << 16;
-		if (i + 1 < n)
-			v |= (uint32_t)in[i + 1] << 8;
-		if (i + 2 < n)
-			v |= in[i + 2];
-		out[o++] = alphabet[(v >> 18) & 63];
-		out[o++] = alphabet[(v >> 12) & 63];
-		out[o++] = i + 1 < n ? alphabet[(v >> 6) & 63] : '=';
-		out[o++] = i + 2 < n ? alphabet[v & 63] : '=';
-	}
-	out[o] = '\0';
-	return o;
+	base64_encode_raw(out, n, in);
+	out[BASE64_ENCODED_LEN(n)] = '\0';
+	return BASE64_ENCODED_LEN(n);
 }

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Base64 (RFC 4648, standard alphabet, padded), for LUKS2 token fields and binary system
- * credentials. Written by hand: none of our libraries exports one (libcryptsetup's and json-c's
- * are internal), and it is fifty lines. Pure.
+ * credentials. Encoding is nettle's. The decoder is written by hand because nettle's (the only
+ * one our libraries export; libcryptsetup's and json-c's are internal) refuses input without its
+ * padding, which systemd's own decoder accepts, and it is forty lines. Pure.
  */
 #ifndef FACTORY_INIT_BASE64_H
 #define FACTORY_INIT_BASE64_H
