@@ -114,6 +114,17 @@ const struct credential *credentials_find(const struct credentials *set, const c
 	return NULL;
 }
 
+/* The one warning for a name credential_name_valid refuses (name: len bytes, maybe no NUL). */
+static void warn_bad_name(const char *name, size_t len, enum credential_source source,
+			  config_warn_fn warn, void *ctx)
+{
+	char nm[300];
+	warnf(warn, ctx,
+	      "credential \"%s\" from %s: invalid name (1-255 printable ASCII characters, "
+	      "no '/' or ':', not . or ..); ignored",
+	      shown(name, len, nm, sizeof(nm)), credential_source_name(source));
+}
+
 int credentials_add(struct credentials *set, const char *name, const void *value, size_t len,
 		    enum credential_source source, config_warn_fn warn, void *ctx)
 {
@@ -121,10 +132,7 @@ int credentials_add(struct credentials *set, const char *name, const void *value
 	char nm[300];
 	shown(name, strnlen(name, CRED_NAME_MAX + 1), nm, sizeof(nm));
 	if (!credential_name_valid(name)) {
-		warnf(warn, ctx,
-		      "credential \"%s\" from %s: invalid name (1-255 printable ASCII characters, "
-		      "no '/' or ':', not . or ..); ignored",
-		      nm, src);
+		warn_bad_name(name, strnlen(name, CRED_NAME_MAX + 1), source, warn, ctx);
 		return -EINVAL;
 	}
 	if (len > CRED_VALUE_MAX) {
@@ -202,10 +210,7 @@ static int add_counted(struct credentials *set, const char *name, size_t name_le
 	const char *src = credential_source_name(source);
 	char nm[300];
 	if (name_len == 0 || name_len >= CRED_NAME_MAX || memchr(name, '\0', name_len)) {
-		warnf(warn, ctx,
-		      "credential \"%s\" from %s: invalid name (1-255 printable ASCII characters, "
-		      "no '/' or ':', not . or ..); ignored",
-		      shown(name, name_len, nm, sizeof(nm)), src);
+		warn_bad_name(name, name_len, source, warn, ctx);
 		return 0;
 	}
 	char cname[CRED_NAME_MAX];
@@ -216,9 +221,10 @@ static int add_counted(struct credentials *set, const char *name, size_t name_le
 		r = credentials_add(set, cname, value, value_len, source, warn, ctx);
 		return r == -ENOMEM ? r : 0;
 	}
-	if (!credential_name_valid(cname))
-		return credentials_add(set, cname, "", 0, source, warn, ctx) == -ENOMEM ? -ENOMEM
-											: 0;
+	if (!credential_name_valid(cname)) {
+		warn_bad_name(name, name_len, source, warn, ctx);
+		return 0;
+	}
 	size_t cap = value_len / 4 * 3 + 3;
 	uint8_t *buf = locked_alloc(cap);
 	if (!buf)
@@ -545,8 +551,7 @@ int credentials_read_dir(const char *path, struct credentials *out, config_warn_
 	for (int i = 0; i < n && r >= 0; i++) {
 		const char *name = names[i]->d_name;
 		if (!credential_name_valid(name)) {
-			r = credentials_add(out, name, "", 0, CRED_SOURCE_DIRECTORY, warn, ctx);
-			r = r == -ENOMEM ? r : 0;
+			warn_bad_name(name, strlen(name), CRED_SOURCE_DIRECTORY, warn, ctx);
 			continue;
 		}
 		r = add_file_at(out, dfd, name, CRED_SOURCE_DIRECTORY, warn, ctx);
@@ -601,8 +606,7 @@ static int read_fw_cfg(const char *dir, struct credentials *out, config_warn_fn 
 		char nm[300];
 		shown(name, strlen(name), nm, sizeof(nm));
 		if (!credential_name_valid(name)) {
-			r = credentials_add(out, name, "", 0, CRED_SOURCE_FW_CFG, warn, ctx);
-			r = r == -ENOMEM ? r : 0;
+			warn_bad_name(name, strlen(name), CRED_SOURCE_FW_CFG, warn, ctx);
 			continue;
 		}
 		_cleanup_close_ int vfd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
