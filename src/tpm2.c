@@ -263,7 +263,7 @@ static void pcr_selection(TPMI_ALG_HASH alg, uint32_t mask, TPML_PCR_SELECTION *
 }
 
 /* Reads the PCRs in mask of the bank into values[pcr] (each len bytes). */
-static int read_pcrs(struct tpm *t, TPMI_ALG_HASH alg, uint32_t mask, uint8_t values[24][64],
+static int read_pcrs(struct tpm *t, TPMI_ALG_HASH alg, uint32_t mask, uint8_t values[TPM2_PCRS][64],
 		     size_t *len, char *why, size_t why_len)
 {
 	uint32_t left = mask;
@@ -281,7 +281,7 @@ static int read_pcrs(struct tpm *t, TPMI_ALG_HASH alg, uint32_t mask, uint8_t va
 		for (int i = 0; i < 3 && out_sel->count > 0; i++)
 			got |= (uint32_t)out_sel->pcrSelections[0].pcrSelect[i] << (8 * i);
 		size_t k = 0;
-		for (int pcr = 0; pcr < 24 && k < digests->count; pcr++)
+		for (int pcr = 0; pcr < TPM2_PCRS && k < digests->count; pcr++)
 			if (got & (1u << pcr)) {
 				size_t n = digests->digests[k].size;
 				memcpy(values[pcr], digests->digests[k].buffer, n > 64 ? 64 : n);
@@ -368,7 +368,7 @@ static int run_policy(struct tpm *t, ESYS_TR session, TPMI_ALG_HASH alg, uint32_
 static void explain_mismatch(struct tpm *t, const struct tpm2_token *tok, TPMI_ALG_HASH alg,
 			     char *why, size_t why_len)
 {
-	uint8_t now[24][64];
+	uint8_t now[TPM2_PCRS][64];
 	size_t len = 0;
 	char err[128], list[80];
 	pcr_mask_text(tok->pcr_mask, list, sizeof(list));
@@ -379,7 +379,7 @@ static void explain_mismatch(struct tpm *t, const struct tpm2_token *tok, TPMI_A
 	size_t o = 0;
 	if (tok->pcr_values_mask && tok->pcr_value_len == len) {
 		o += (size_t)snprintf(why, why_len, "PCRs changed since enrollment:");
-		for (int i = 0; i < 24 && o < why_len; i++) {
+		for (int i = 0; i < TPM2_PCRS && o < why_len; i++) {
 			if (!(tok->pcr_values_mask & (1u << i)))
 				continue;
 			if (memcmp(tok->pcr_values[i], now[i], len) == 0)
@@ -394,7 +394,7 @@ static void explain_mismatch(struct tpm *t, const struct tpm2_token *tok, TPMI_A
 	}
 	o += (size_t)snprintf(why, why_len,
 			      "the PCR policy (PCRs %s) no longer matches; current values:", list);
-	for (int i = 0; i < 24 && o < why_len; i++)
+	for (int i = 0; i < TPM2_PCRS && o < why_len; i++)
 		if (tok->pcr_mask & (1u << i)) {
 			char b[17];
 			hex_encode(now[i], 8, b);
@@ -586,7 +586,7 @@ int tpm2_seal(const char *tcti, const struct pcr_spec *pcrs, struct tpm2_token *
 			goto out;
 	}
 	/* The PCRs without a given value are bound to what they hold now. */
-	uint8_t values[TPM2_POLICY_PCRS][64] = {{0}};
+	uint8_t values[TPM2_PCRS][64] = {{0}};
 	size_t len = TPM2_SHA256_LEN;
 	uint32_t current = pcrs->mask & ~pcrs->values_mask;
 	if (current) {
@@ -594,8 +594,8 @@ int tpm2_seal(const char *tcti, const struct pcr_spec *pcrs, struct tpm2_token *
 		if (r < 0)
 			goto out;
 	}
-	uint8_t chosen[TPM2_POLICY_PCRS][TPM2_SHA256_LEN];
-	for (int i = 0; i < TPM2_POLICY_PCRS; i++) {
+	uint8_t chosen[TPM2_PCRS][TPM2_SHA256_LEN];
+	for (int i = 0; i < TPM2_PCRS; i++) {
 		memcpy(chosen[i], (pcrs->values_mask & (1u << i)) ? pcrs->values[i] : values[i],
 		       TPM2_SHA256_LEN);
 		memcpy(tok->pcr_values[i], chosen[i], TPM2_SHA256_LEN);

@@ -67,13 +67,13 @@ int pcr_spec_parse(const char *text, struct pcr_spec *out, char *why, size_t why
 	return 0;
 }
 
-void tpm2_policy_pcr_sha256(uint32_t mask, const uint8_t values[TPM2_POLICY_PCRS][TPM2_SHA256_LEN],
+void tpm2_policy_pcr_sha256(uint32_t mask, const uint8_t values[TPM2_PCRS][TPM2_SHA256_LEN],
 			    uint8_t out[TPM2_SHA256_LEN])
 {
 	struct sha256_ctx h;
 	uint8_t pcr_digest[TPM2_SHA256_LEN];
 	sha256_init(&h);
-	for (int i = 0; i < TPM2_POLICY_PCRS; i++)
+	for (int i = 0; i < TPM2_PCRS; i++)
 		if (mask & (1u << i))
 			sha256_update(&h, TPM2_SHA256_LEN, values[i]);
 	sha256_digest(&h, TPM2_SHA256_LEN, pcr_digest);
@@ -108,7 +108,7 @@ void pcr_mask_text(uint32_t mask, char *out, size_t out_len)
 	size_t o = 0;
 	if (out_len)
 		out[0] = '\0';
-	for (int i = 0; i < TPM2_POLICY_PCRS && o < out_len; i++)
+	for (int i = 0; i < TPM2_PCRS && o < out_len; i++)
 		if (mask & (1u << i))
 			o += (size_t)snprintf(out + o, out_len - o, "%s%d", o ? "+" : "", i);
 }

@@ -10,14 +10,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define TPM2_POLICY_PCRS 24
+#include "token.h" /* TPM2_PCRS */
+
 #define TPM2_SHA256_LEN 32
 
 /* A PCR selection for the SHA-256 bank with, for some of its PCRs, the expected values. */
 struct pcr_spec {
 	uint32_t mask;	      /* the PCRs to bind to */
 	uint32_t values_mask; /* those whose expected value is given */
-	uint8_t values[TPM2_POLICY_PCRS][TPM2_SHA256_LEN];
+	uint8_t values[TPM2_PCRS][TPM2_SHA256_LEN];
 };
 
 /*
@@ -31,7 +32,7 @@ int pcr_spec_parse(const char *text, struct pcr_spec *out, char *why, size_t why
  * values (values[i] for each PCR i in mask, in index order), starting from a zero digest:
  * SHA256(0^32 || TPM_CC_PolicyPCR || TPML_PCR_SELECTION || SHA256(values...)).
  */
-void tpm2_policy_pcr_sha256(uint32_t mask, const uint8_t values[TPM2_POLICY_PCRS][TPM2_SHA256_LEN],
+void tpm2_policy_pcr_sha256(uint32_t mask, const uint8_t values[TPM2_PCRS][TPM2_SHA256_LEN],
 			    uint8_t out[TPM2_SHA256_LEN]);
 
 /* Writes the PCRs of mask as systemd writes a PCR list ("0+7"), "" for none. */

@@ -22,7 +22,7 @@ static void hex(const uint8_t *b, size_t n, char *out)
 static void test_policy_matches_systemd(void **state)
 {
 	(void)state;
-	uint8_t values[TPM2_POLICY_PCRS][TPM2_SHA256_LEN] = {{0}};
+	uint8_t values[TPM2_PCRS][TPM2_SHA256_LEN] = {{0}};
 	uint8_t out[TPM2_SHA256_LEN];
 	char h[65];
 	tpm2_policy_pcr_sha256(1u << 7, values, out);
