@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #define _GNU_SOURCE
 #include "cmdline.h"
+#include "util.h"
 
 #include <stdio.h>
 
@@ -107,7 +108,7 @@ int cmdline_parse(const char *text, struct cmdline *out)
 				word = NULL;
 			if (!word ||
 			    push((void **)&out->init_args, &out->n_init, sizeof(char *)) < 0) {
-				free(word);
+				free_wiped(word);
 				r = -ENOMEM;
 				break;
 			}
@@ -130,6 +131,9 @@ int cmdline_parse(const char *text, struct cmdline *out)
 			break;
 		}
 	}
+	/* The text may hold key material (vm.luks.key=, systemd.set_credential=): wipe all of
+	 * it, the words next_word cut out of it included (they end in NULs, so not strlen). */
+	explicit_bzero(buf, len);
 	free(buf);
 	if (r < 0)
 		cmdline_free(out);
@@ -138,17 +142,15 @@ int cmdline_parse(const char *text, struct cmdline *out)
 
 void cmdline_free(struct cmdline *c)
 {
+	/* Any word may be (or quote) key material, vm.luks.key's value most of all: every copy of
+	 * the text is wiped before it is freed. */
 	for (size_t i = 0; i < c->n; i++) {
-		free(c->args[i].key);
-		if (c->args[i].value) {
-			/* A value may be key material (vm.luks.key): wipe it before freeing. */
-			explicit_bzero(c->args[i].value, strlen(c->args[i].value));
-			free(c->args[i].value);
-		}
+		free_wiped(c->args[i].key);
+		free_wiped(c->args[i].value);
 	}
 	free(c->args);
 	for (size_t i = 0; i < c->n_init; i++)
-		free(c->init_args[i]);
+		free_wiped(c->init_args[i]);
 	free(c->init_args);
 	memset(c, 0, sizeof(*c));
 }

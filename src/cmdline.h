@@ -27,6 +27,7 @@ struct cmdline {
  * parameters; what follows it is for init. Returns 0, -ENOMEM, or -E2BIG for an over-long text.
  */
 int cmdline_parse(const char *text, struct cmdline *out);
+/* Frees c, wiping every word first (the text may hold key material). */
 void cmdline_free(struct cmdline *c);
 
 #endif

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #define _GNU_SOURCE
 #include "log.h"
+#include "util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -8,6 +9,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 static int kmsg_fd = -1;
@@ -93,38 +95,114 @@ static const char *prefix(int prio)
 	}
 }
 
-/* Writes a record snprintf made (n: its return value), cut to what fit in size; true when
- * written. */
-static bool write_record(int fd, const char *line, size_t size, int n)
+size_t log_split_len(const char *s, size_t len, size_t max)
 {
-	size_t len = n < 0 ? 0 : (size_t)n < size ? (size_t)n : size - 1;
-	return len > 0 && write(fd, line, len) > 0;
+	if (len <= max)
+		return len;
+	if (max == 0)
+		return 0;
+	/* Back up to the start of the character at max (a UTF-8 sequence has at most 3
+	 * continuation bytes; past that the text is not UTF-8, and any cut will do). */
+	size_t cut = max;
+	for (int i = 0; i < 3 && cut > 0 && ((unsigned char)s[cut] & 0xc0) == 0x80; i++)
+		cut--;
+	if (cut == 0 || ((unsigned char)s[cut] & 0xc0) == 0x80)
+		cut = max;
+	/* A space near the end makes the nicer cut: just after it. */
+	size_t lo = cut > LOG_SPLIT_SPACE_WINDOW ? cut - LOG_SPLIT_SPACE_WINDOW : 0;
+	for (size_t i = cut; i > lo && i > 1; i--)
+		if (s[i - 1] == ' ')
+			return i;
+	return cut;
+}
+
+/* Drops an incomplete UTF-8 sequence that vsnprintf's truncation left at the end of s. */
+static size_t utf8_trim_partial(const char *s, size_t len)
+{
+	size_t lead = len;
+	for (int i = 0; i < 3 && lead > 0 && ((unsigned char)s[lead - 1] & 0xc0) == 0x80; i++)
+		lead--;
+	if (lead == 0)
+		return len;
+	unsigned char c = (unsigned char)s[lead - 1];
+	size_t need = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc0 ? 2 : 1;
+	return len - (lead - 1) < need ? lead - 1 : len;
+}
+
+/* The marker that starts a continuation record (U+2026, then a space). */
+#define KMSG_CONT "\xe2\x80\xa6 "
+
+/* Writes msg to /dev/kmsg as one record, or as several when it is too long for one; true when
+ * every record was written. */
+static bool write_kmsg(int prio, const char *msg, size_t len)
+{
+	char head[160];
+	int h = snprintf(head, sizeof(head), "<%d>%s[%d]: %s", LOG_DAEMON | prio, ident,
+			 (int)getpid(), prefix(prio));
+	if (h < 0)
+		return false;
+	size_t head_len = (size_t)h < sizeof(head) ? (size_t)h : sizeof(head) - 1;
+	size_t cont_len = strlen(KMSG_CONT);
+	size_t max = LOG_KMSG_TEXT_MAX;
+	if (head_len + cont_len + max + 1 > LOG_KMSG_RECORD_MAX)
+		max = LOG_KMSG_RECORD_MAX - head_len - cont_len - 1;
+	bool ok = true;
+	size_t off = 0;
+	do {
+		size_t n = log_split_len(msg + off, len - off, max);
+		size_t text = n;
+		/* A cut after a space: the record need not end in it. */
+		if (off + n < len && text > 1 && msg[off + text - 1] == ' ')
+			text--;
+		/* One write(2) per record: /dev/kmsg takes each write as one message (and
+		 * dprintf's stdio stream gives up on it, since kmsg refuses the lseek stdio
+		 * tries first). */
+		struct iovec iov[] = {
+		    {head, head_len},
+		    {(void *)KMSG_CONT, off > 0 ? cont_len : 0},
+		    {(void *)(msg + off), text},
+		    {(void *)"\n", 1},
+		};
+		size_t total = head_len + iov[1].iov_len + text + 1;
+		if (writev(kmsg_fd, iov, ARRAY_SIZE(iov)) != (ssize_t)total)
+			ok = false;
+		off += n;
+	} while (off < len);
+	return ok;
 }
 
 void log_msg(int prio, const char *fmt, ...)
 {
 	int saved = errno;
-	char msg[1024];
+	char msg[LOG_MSG_MAX];
 	va_list ap;
 	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
+	int n = vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
+	size_t len = n < 0 ? 0 : strlen(msg);
+	if (n >= (int)sizeof(msg)) /* cut off: not in the middle of a character */
+		len = utf8_trim_partial(msg, len);
+	msg[len] = '\0';
 	/* One message is one line: fold any newline a library message carried. */
 	for (char *p = msg; *p; p++)
 		if (*p == '\n' || *p == '\r')
 			*p = ' ';
 
-	/* One write(2) per record: /dev/kmsg takes each write as one message (and dprintf's
-	 * stdio stream gives up on it, since kmsg refuses the lseek stdio tries first). */
-	char line[1200];
 	bool echoed = false;
-	if (kmsg_fd >= 0 && prio <= kmsg_level &&
-	    write_record(kmsg_fd, line, sizeof(line),
-			 snprintf(line, sizeof(line), "<%d>%s[%d]: %s%s\n", LOG_DAEMON | prio,
-				  ident, (int)getpid(), prefix(prio), msg)))
+	if (kmsg_fd >= 0 && prio <= kmsg_level && write_kmsg(prio, msg, len))
 		echoed = prio < kernel_console_level; /* the kernel prints it on the console */
-	if (prio <= console_level && !echoed)
-		write_record(STDERR_FILENO, line, sizeof(line),
-			     snprintf(line, sizeof(line), "%s: %s%s\n", ident, prefix(prio), msg));
+	if (prio <= console_level && !echoed) {
+		/* The console takes the whole line, in one write. */
+		const char *pre = prefix(prio);
+		struct iovec iov[] = {
+		    {(void *)ident, strlen(ident)},
+		    {(void *)": ", 2},
+		    {(void *)pre, strlen(pre)},
+		    {msg, len},
+		    {(void *)"\n", 1},
+		};
+		ssize_t w = writev(STDERR_FILENO, iov, ARRAY_SIZE(iov));
+		(void)w; /* nowhere else to report it */
+	}
 	errno = saved;
 }

@@ -3,7 +3,27 @@
 #ifndef FACTORY_INIT_LOG_H
 #define FACTORY_INIT_LOG_H
 
+#include <stddef.h>
 #include <syslog.h>
+
+/* The longest message text log_msg formats; the rest is cut off. */
+#define LOG_MSG_MAX 4096
+/*
+ * /dev/kmsg refuses a record longer than about 1 KiB (the kernel's LOG_LINE_MAX), so a longer
+ * message goes to it as several records of at most LOG_KMSG_TEXT_MAX bytes of text each, all
+ * with the same "<prio>ident[pid]: " header, the later ones starting with "… " (an ellipsis).
+ * The console gets the whole message in one line.
+ */
+#define LOG_KMSG_TEXT_MAX 900
+#define LOG_KMSG_RECORD_MAX 976 /* a whole record: header, marker, text and newline */
+#define LOG_SPLIT_SPACE_WINDOW 80
+
+/*
+ * Pure: how many bytes of s (len bytes) go into a record that holds at most max: len when it
+ * fits, else a cut at a UTF-8 character boundary, just after the last space when one lies in
+ * the last LOG_SPLIT_SPACE_WINDOW bytes before the cut. Never 0 when len and max are not.
+ */
+size_t log_split_len(const char *s, size_t len, size_t max);
 
 /* Opens /dev/kmsg when it can; until then messages go to the console (stderr) only. */
 void log_open_kmsg(void);

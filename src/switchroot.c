@@ -51,6 +51,29 @@ static int mount_move_or_detach(const char *source, const char *target)
 	return r;
 }
 
+/*
+ * An fd on the old root, "/", when it is the initramfs (ramfs or tmpfs), so that its contents can
+ * go once we have left it; -1 otherwise. *dev: its device.
+ */
+static int open_initramfs(dev_t *dev)
+{
+	int fd = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0) {
+		log_warn("cannot open the initramfs root: %s; leaving it in memory",
+			 strerror(errno));
+		return -1;
+	}
+	struct statfs sfs;
+	struct stat st;
+	if (fstatfs(fd, &sfs) < 0 || fstat(fd, &st) < 0 ||
+	    (sfs.f_type != RAMFS_MAGIC && sfs.f_type != TMPFS_MAGIC)) {
+		close(fd);
+		return -1;
+	}
+	*dev = st.st_dev;
+	return fd;
+}
+
 int switch_root(const char *newroot)
 {
 	static const char *const api[] = {"/dev", "/proc", "/sys", "/run"};
@@ -60,20 +83,20 @@ int switch_root(const char *newroot)
 		if (mount_move_or_detach(api[i], target) < 0)
 			log_warn("%s has no %s to move it to; detached it", newroot, api[i]);
 	}
-	if (chdir(newroot) < 0)
-		return -errno;
 
-	struct statfs sfs;
-	struct stat root_st;
-	if (statfs("/", &sfs) == 0 && stat("/", &root_st) == 0 &&
-	    (sfs.f_type == RAMFS_MAGIC || sfs.f_type == TMPFS_MAGIC)) {
-		int fd = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-		if (fd >= 0)
-			delete_tree(fd, root_st.st_dev);
+	/* As util-linux's switch_root: the initramfs is deleted only once we have left it, so a
+	 * failed move or chroot leaves it (and this binary) in place. */
+	dev_t old_dev = 0;
+	int old_root = open_initramfs(&old_dev);
+	int r = 0;
+	if (chdir(newroot) < 0 || mount(newroot, "/", NULL, MS_MOVE, NULL) < 0 || chroot(".") < 0 ||
+	    chdir("/") < 0)
+		r = -errno;
+	if (old_root >= 0) {
+		if (r == 0)
+			delete_tree(old_root, old_dev); /* closes old_root */
+		else
+			close(old_root);
 	}
-	if (mount(".", "/", NULL, MS_MOVE, NULL) < 0)
-		return -errno;
-	if (chroot(".") < 0)
-		return -errno;
-	return chdir("/") < 0 ? -errno : 0;
+	return r;
 }

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 
@@ -149,21 +150,6 @@ int read_file(const char *path, size_t max, char **out, size_t *out_len)
 	return 0;
 }
 
-static int fsync_parent(const char *path)
-{
-	char dir[PATH_MAX];
-	if (strscpy(dir, path, sizeof(dir)) < 0)
-		return -ENAMETOOLONG;
-	char *slash = strrchr(dir, '/');
-	if (!slash)
-		strcpy(dir, ".");
-	else if (slash == dir)
-		dir[1] = '\0';
-	else
-		*slash = '\0';
-	return fsync_dir(dir);
-}
-
 int fsync_dir(const char *path)
 {
 	_cleanup_close_ int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -172,39 +158,116 @@ int fsync_dir(const char *path)
 	return fsync(fd) < 0 ? -errno : 0;
 }
 
-int write_file_atomic(const char *path, const void *data, size_t len, unsigned mode)
+void free_wiped(char *s)
 {
-	char tmp[PATH_MAX];
-	if (snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int)getpid()) >= (int)sizeof(tmp))
-		return -ENAMETOOLONG;
-	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode);
-	if (fd < 0)
-		return -errno;
+	if (!s)
+		return;
+	explicit_bzero(s, strlen(s));
+	free(s);
+}
+
+/* Fills out with n characters [A-Za-z0-9] for a temporary name nobody can guess. */
+static void random_name_chars(char *out, size_t n)
+{
+	static const char chars[] =
+	    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+	static uint64_t counter;
+	uint8_t rnd[16];
+	if (n > sizeof(rnd))
+		n = sizeof(rnd);
+	if (getrandom(rnd, n, GRND_NONBLOCK) != (ssize_t)n) {
+		/* Early boot, before the pool is ready: a counter, the clock and the pid, mixed
+		 * (splitmix64), still unique per call; O_EXCL keeps it safe anyway. */
+		uint64_t c = __atomic_add_fetch(&counter, 1, __ATOMIC_RELAXED);
+		uint64_t x = (c * 0x9e3779b97f4a7c15ull) ^ (now_ms() << 20) ^ (uint64_t)getpid() ^
+			     (uint64_t)(uintptr_t)rnd;
+		for (size_t i = 0; i < n; i++) {
+			x += 0x9e3779b97f4a7c15ull;
+			uint64_t z = x;
+			z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+			z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+			rnd[i] = (uint8_t)(z ^ (z >> 31));
+		}
+	}
+	for (size_t i = 0; i < n; i++)
+		out[i] = chars[rnd[i] % (sizeof(chars) - 1)];
+}
+
+static int write_all(int fd, const void *data, size_t len)
+{
 	const char *p = data;
-	size_t left = len;
-	int r = 0;
-	while (left > 0) {
-		ssize_t n = write(fd, p, left);
+	while (len > 0) {
+		ssize_t n = write(fd, p, len);
 		if (n < 0 && errno == EINTR)
 			continue;
-		if (n < 0) {
-			r = -errno;
-			break;
-		}
+		if (n < 0)
+			return -errno;
 		p += n;
-		left -= (size_t)n;
+		len -= (size_t)n;
 	}
+	return 0;
+}
+
+#define TMP_RANDOM 8
+#define TMP_TRIES 16
+
+int write_file_atomic_at(int dirfd, const char *name, const void *data, size_t len, unsigned mode)
+{
+	if (!*name || strchr(name, '/') || strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
+		return -EINVAL;
+	/* ".<name>.XXXXXXXX", the name cut short if need be to stay within NAME_MAX. */
+	char tmp[NAME_MAX + 1];
+	int base = (int)strnlen(name, NAME_MAX - TMP_RANDOM - 2);
+	int fd = -1;
+	for (int i = 0; i < TMP_TRIES && fd < 0; i++) {
+		int n = snprintf(tmp, sizeof(tmp), ".%.*s.", base, name);
+		random_name_chars(tmp + n, TMP_RANDOM);
+		tmp[n + TMP_RANDOM] = '\0';
+		/* O_EXCL: never a file (or a link) someone put there; 0600 until it is complete. */
+		fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+		if (fd < 0 && errno != EEXIST)
+			return -errno;
+	}
+	if (fd < 0)
+		return -EEXIST;
+	int r = write_all(fd, data, len);
+	/* The mode asked for, whatever the umask. */
+	if (r == 0 && fchmod(fd, mode & 07777) < 0)
+		r = -errno;
 	if (r == 0 && fsync(fd) < 0)
 		r = -errno;
 	if (close(fd) < 0 && r == 0)
 		r = -errno;
-	if (r == 0 && rename(tmp, path) < 0)
+	/* rename(2) replaces whatever is at name, a symlink included, and never follows it. */
+	if (r == 0 && renameat(dirfd, tmp, dirfd, name) < 0)
 		r = -errno;
 	if (r < 0) {
-		unlink(tmp);
+		unlinkat(dirfd, tmp, 0);
 		return r;
 	}
-	return fsync_parent(path);
+	return fsync(dirfd) < 0 ? -errno : 0;
+}
+
+int write_file_atomic(const char *path, const void *data, size_t len, unsigned mode)
+{
+	char dir[PATH_MAX];
+	if (strscpy(dir, path, sizeof(dir)) < 0)
+		return -ENAMETOOLONG;
+	const char *name = path;
+	char *slash = strrchr(dir, '/');
+	if (!slash) {
+		strcpy(dir, ".");
+	} else {
+		name = path + (slash - dir) + 1;
+		if (slash == dir)
+			dir[1] = '\0';
+		else
+			*slash = '\0';
+	}
+	_cleanup_close_ int dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dir_fd < 0)
+		return -errno;
+	return write_file_atomic_at(dir_fd, name, data, len, mode);
 }
 
 int make_dirs(const char *path, unsigned mode)

@@ -54,11 +54,23 @@ void hex_encode(const uint8_t *in, size_t n, char *out);
 /* True when s contains a byte < 0x20 or 0x7f. */
 bool has_control_chars(const char *s);
 
+/* Wipes the string s (up to its NUL) and frees it; NULL is fine. For copies of the command
+ * line, which may hold key material. */
+void free_wiped(char *s);
+
 /* Reads a whole file into a NUL-terminated buffer (at most max bytes). */
 int read_file(const char *path, size_t max, char **out, size_t *out_len);
 /* fsync(2) of a directory, so the entries made or renamed in it are durable. */
 int fsync_dir(const char *path);
-/* Writes data to path atomically: temp file in the same directory, fsync, rename, fsync dir. */
+/*
+ * Writes data to name (one path component, no '/') in the directory dirfd atomically: a new
+ * temporary file with a random name in that directory (O_EXCL, so never one planted there),
+ * given exactly mode (whatever the umask), written, fsynced and renamed over name (replacing a
+ * symlink there, never following it); then dirfd is fsynced. The temporary file is removed on
+ * failure. Returns 0 or a negative errno (-EINVAL for a bad name).
+ */
+int write_file_atomic_at(int dirfd, const char *name, const void *data, size_t len, unsigned mode);
+/* write_file_atomic_at in the directory of path. */
 int write_file_atomic(const char *path, const void *data, size_t len, unsigned mode);
 /* mkdir -p with the given mode for missing components. */
 int make_dirs(const char *path, unsigned mode);
