@@ -22,11 +22,11 @@ LIBS := -lpthread -lblkid -lmount -lcryptsetup -lkmod -ljson-c -ltss2-esys -ltss
 DEV_TCTI := -DHAVE_TCTI_SWTPM -DHAVE_TCTI_MSSIM
 DEV_TCTI_LIBS := -ltss2-tcti-swtpm -ltss2-tcti-mssim
 
-SRC := util.c log.c cmdline.c config.c plan.c status.c devices.c modules.c unlock.c mounts.c \
+SRC := util.c log.c beneath.c persist.c cmdline.c config.c plan.c status.c devices.c modules.c unlock.c mounts.c \
 	switchroot.c tpm2.c base64.c credentials.c passphrase.c token.c tpm2_policy.c enroll.c seed.c stage1.c main.c
 # The pure files: what the unit tests and fuzzers link.
-PURE := util.c log.c cmdline.c config.c plan.c status.c devices.c base64.c credentials.c passphrase.c token.c tpm2_policy.c seed.c
-TESTS := test_cmdline test_config test_plan test_status test_devices test_credentials test_passphrase test_token test_tpm2_policy test_seed
+PURE := util.c log.c beneath.c persist.c cmdline.c config.c plan.c status.c devices.c base64.c credentials.c passphrase.c token.c tpm2_policy.c seed.c
+TESTS := test_log test_persist test_cmdline test_config test_plan test_status test_devices test_credentials test_passphrase test_token test_tpm2_policy test_seed
 
 SANITIZE := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 

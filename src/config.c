@@ -213,6 +213,13 @@ static int check_flag(const char *v, char *why, size_t why_len)
 	return fail(why, why_len, "must be 1, 0, yes, no, true, false, on or off");
 }
 
+static int check_encrypted(const char *v, char *why, size_t why_len)
+{
+	if (strcmp(v, "auto") == 0 || check_flag(v, why, why_len) == 0)
+		return 0;
+	return fail(why, why_len, "must be auto, yes or no");
+}
+
 static const struct vm_key known_keys[] = {
     {"hostname", VM_KEY_CONFIG, check_hostname},
     {"repo", VM_KEY_CONFIG, check_repo},
@@ -220,6 +227,7 @@ static const struct vm_key known_keys[] = {
     {"persist", VM_KEY_CONTROL, check_device},
     {"persist.timeout", VM_KEY_CONTROL, check_timeout},
     {"persist.options", VM_KEY_CONTROL, check_mount_options},
+    {"persist.encrypted", VM_KEY_CONTROL, check_encrypted},
     {"store", VM_KEY_CONTROL, check_store},
     {"luks.key", VM_KEY_SECRET, check_key},
     {"luks.keyfile", VM_KEY_CONTROL, check_abs_path},

@@ -74,6 +74,78 @@ int devices_choose(const struct dev_spec *spec, const struct blockdev *devs, siz
 	return -ENOENT;
 }
 
+const char *cand_verdict_name(enum cand_verdict v)
+{
+	static const char *const names[] = {"try", "refused", "used", "failed", "skipped"};
+	return (size_t)v < ARRAY_SIZE(names) ? names[v] : "?";
+}
+
+static bool spec_names(const struct dev_spec *spec, const struct blockdev *d)
+{
+	switch (spec->kind) {
+	case PERSIST_PATH:
+		return strcmp(d->devname, spec->spec) == 0;
+	case PERSIST_TAG:
+		return tag_matches(spec->spec, d);
+	case PERSIST_AUTO:
+		return is_persist_type(d->type) && strcmp(d->label, DEFAULT_PERSIST_LABEL) == 0;
+	}
+	return false;
+}
+
+/* The order of trial: LUKS, then plain Btrfs, then the refused; by device name within each. */
+static int rank(const struct persist_candidate *c)
+{
+	if (c->verdict != CAND_TRY)
+		return 2;
+	return strcmp(c->dev.type, "crypto_LUKS") == 0 ? 0 : 1;
+}
+
+static int cmp_candidate(const void *a, const void *b)
+{
+	const struct persist_candidate *x = a, *y = b;
+	int d = rank(x) - rank(y);
+	return d ? d : strcmp(x->dev.devname, y->dev.devname);
+}
+
+size_t devices_candidates(const struct dev_spec *spec, bool require_luks,
+			  const struct blockdev *devs, size_t n, struct persist_candidates *out)
+{
+	memset(out, 0, sizeof(*out));
+	for (size_t i = 0; i < n && out->n < MAX_CANDIDATES; i++)
+		if (spec_names(spec, &devs[i]))
+			out->c[out->n++].dev = devs[i];
+	if (out->n == 0 && spec->kind == PERSIST_AUTO)
+		for (size_t i = 0; i < n; i++)
+			if (strcmp(devs[i].devname, DEFAULT_PERSIST_FALLBACK) == 0) {
+				out->c[out->n++].dev = devs[i];
+				break;
+			}
+	size_t tries = 0;
+	for (size_t i = 0; i < out->n; i++) {
+		struct persist_candidate *c = &out->c[i];
+		if (strcmp(c->dev.type, "crypto_LUKS") == 0 ||
+		    (strcmp(c->dev.type, "btrfs") == 0 && !require_luks)) {
+			c->verdict = CAND_TRY;
+			tries++;
+		} else if (strcmp(c->dev.type, "btrfs") == 0) {
+			c->verdict = CAND_REFUSED;
+			snprintf(c->detail, sizeof(c->detail),
+				 "is an unencrypted Btrfs, and %s takes only LUKS2 volumes "
+				 "(vm.persist.encrypted=no allows it); left untouched",
+				 spec->kind == PERSIST_AUTO ? "vm.persist=auto"
+							    : "vm.persist.encrypted=yes");
+		} else {
+			c->verdict = CAND_REFUSED;
+			snprintf(c->detail, sizeof(c->detail),
+				 "holds %s, not LUKS or Btrfs; left untouched",
+				 *c->dev.type ? c->dev.type : "no recognisable signature");
+		}
+	}
+	qsort(out->c, out->n, sizeof(out->c[0]), cmp_candidate);
+	return tries;
+}
+
 static void copy_value(blkid_probe pr, const char *name, char *dst, size_t len)
 {
 	const char *v = NULL;
@@ -192,23 +264,22 @@ static void drain_events(int fd)
 		;
 }
 
-int devices_wait(const struct dev_spec *spec, unsigned timeout_ms, struct blockdev *out)
+int devices_wait_all(const struct dev_spec *spec, unsigned timeout_ms, struct blockdev *devs,
+		     size_t max, size_t *n_out)
 {
 	/* Listen before the first scan, so nothing that appears in between is missed. */
 	_cleanup_close_ int fd = uevent_socket();
 	if (fd < 0)
 		log_debug("no uevent socket (%s); polling /sys/class/block", strerror(-fd));
 	uint64_t deadline = now_ms() + timeout_ms;
-	struct blockdev devs[32];
 	for (;;) {
 		/* A path names one device: probe just that one (every probe costs disk reads). */
 		size_t n = spec->kind == PERSIST_PATH
 			       ? (access(spec->spec, F_OK) == 0 &&
 				  devices_probe(spec->spec, false, devs) == 0)
-			       : scan(spec, devs, ARRAY_SIZE(devs));
-		int i = devices_choose(spec, devs, n);
-		if (i >= 0) {
-			*out = devs[i];
+			       : scan(spec, devs, max);
+		if (devices_choose(spec, devs, n) >= 0) {
+			*n_out = n;
 			return 0;
 		}
 		uint64_t now = now_ms();
@@ -227,4 +298,15 @@ int devices_wait(const struct dev_spec *spec, unsigned timeout_ms, struct blockd
 		if (r > 0)
 			drain_events(fd);
 	}
+}
+
+int devices_wait(const struct dev_spec *spec, unsigned timeout_ms, struct blockdev *out)
+{
+	struct blockdev devs[32];
+	size_t n;
+	int r = devices_wait_all(spec, timeout_ms, devs, ARRAY_SIZE(devs), &n);
+	if (r < 0)
+		return r;
+	*out = devs[devices_choose(spec, devs, n)];
+	return 0;
 }

@@ -30,6 +30,41 @@ struct dev_spec {
  */
 int devices_choose(const struct dev_spec *spec, const struct blockdev *devs, size_t n);
 
+/* What became of a device the data-disk spec names. */
+enum cand_verdict {
+	CAND_TRY,     /* to be tried, in list order */
+	CAND_REFUSED, /* cannot or must not hold /persist (detail says why); never written to */
+	CAND_USED,    /* opened and mounted: /persist */
+	CAND_FAILED,  /* tried: no key opened it, or it would not mount (detail says why) */
+	CAND_SKIPPED, /* not tried: an earlier candidate won */
+};
+
+struct persist_candidate {
+	struct blockdev dev;
+	enum cand_verdict verdict;
+	char detail[192];
+};
+
+#define MAX_CANDIDATES 8
+
+struct persist_candidates {
+	struct persist_candidate c[MAX_CANDIDATES];
+	size_t n;
+};
+
+const char *cand_verdict_name(enum cand_verdict v);
+
+/*
+ * Pure: every device among devs[0..n) that spec names, in the order the executor tries them:
+ * LUKS volumes by device name, then (unless require_luks) plain Btrfs volumes by device name,
+ * then the refused ones (plain Btrfs when require_luks, anything else that is neither) with the
+ * reason. spec names: PERSIST_PATH that device; PERSIST_TAG every device with that tag;
+ * PERSIST_AUTO every LUKS or Btrfs volume labelled "persist", else /dev/vdb. Returns how many
+ * are to be tried (CAND_TRY, at the front of out).
+ */
+size_t devices_candidates(const struct dev_spec *spec, bool require_luks,
+			  const struct blockdev *devs, size_t n, struct persist_candidates *out);
+
 /* Probes one device node with libblkid; partition entry details (PARTUUID, PARTLABEL) only when
  * asked for, since they cost extra reads. */
 int devices_probe(const char *devname, bool partitions, struct blockdev *out);
@@ -43,5 +78,10 @@ bool devices_spec_needs_partitions(const struct dev_spec *spec);
  * 0; -ETIMEDOUT otherwise.
  */
 int devices_wait(const struct dev_spec *spec, unsigned timeout_ms, struct blockdev *out);
+
+/* As devices_wait, but returns every device probed in the last scan (at most max, in devs[]
+ * with the count in *n) once one of them matches; -ETIMEDOUT otherwise. */
+int devices_wait_all(const struct dev_spec *spec, unsigned timeout_ms, struct blockdev *devs,
+		     size_t max, size_t *n);
 
 #endif

@@ -30,10 +30,13 @@ static void usage(FILE *f)
 	      "systemd-tpm2 token, as systemd-cryptenroll does: either tool unlocks what the\n"
 	      "other enrolled. DEVICE is a LUKS2 block device or image file.\n"
 	      "\n"
-	      "  --pcrs=LIST             PCRs of the SHA-256 bank to bind to, e.g. 7 or 0+7\n"
-	      "                          (default 7), each bound to its current value or to\n"
-	      "                          the one given as 7:sha256=HEX (the value it will\n"
-	      "                          have at boot); an empty list binds to nothing\n"
+	      "  --pcrs=LIST             PCRs of the SHA-256 bank to bind to, e.g. 7 or 0+7,\n"
+	      "                          each bound to its current value or to the one\n"
+	      "                          given as 7:sha256=HEX (the value it will have at\n"
+	      "                          boot); an empty list binds to nothing. Default:\n"
+	      "                          7 and 15 at zero, its value until factory-init\n"
+	      "                          extends it before stage 2 (so stage 2 cannot\n"
+	      "                          unseal the key)\n"
 	      "  --tpm2-device=SPEC      /dev/tpmrm0 (default, else /dev/tpm0), a device\n"
 	      "                          path, or swtpm:host=H,port=P where built in\n"
 	      "  --unlock-key-file=FILE  an existing key of DEVICE; else $PASSWORD, else\n"
@@ -69,7 +72,7 @@ int enroll_tpm2_main(int argc, char **argv)
 	    {"unlock-key-file", required_argument, NULL, OPT_KEYFILE},
 	    {0},
 	};
-	const char *pcrs = "7", *tcti = NULL, *keyfile = NULL;
+	const char *pcrs = ENROLL_DEFAULT_PCRS, *tcti = NULL, *keyfile = NULL;
 	int c;
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -176,4 +179,55 @@ out:
 	tpm2_token_free(&tok);
 	unlock_free(&cd);
 	return status;
+}
+
+/* factory-init tpm2-check DEVICE: can the TPM, as it is now, unseal a token of DEVICE? */
+int tpm2_check_main(int argc, char **argv)
+{
+	if (argc < 2 || argc > 3 || argv[1][0] == '-') {
+		fputs(
+		    "Usage: factory-init tpm2-check DEVICE [TPM2-DEVICE]\n"
+		    "Tries to unseal every systemd-tpm2 token of the LUKS2 DEVICE with the TPM2 "
+		    "as\n"
+		    "it is now (no PIN is asked: PIN tokens are reported as such) and checks the\n"
+		    "key against its key slot without activating anything. In stage 2 every token\n"
+		    "bound to PCR 15 must stay sealed: factory-init extended it. Exit status 0 "
+		    "when\n"
+		    "a token unsealed and opened its key slot, 1 when none did.\n",
+		    argc == 2 && strcmp(argv[1], "--help") == 0 ? stdout : stderr);
+		return argc == 2 && strcmp(argv[1], "--help") == 0 ? 0 : 2;
+	}
+	const char *tcti = argc == 3 ? argv[2] : NULL;
+	char why[512];
+	struct crypt_device *cd = NULL;
+	unlock_setup(false);
+	if (unlock_load(argv[1], &cd, why, sizeof(why)) < 0) {
+		fprintf(stderr, "factory-init: %s\n", why);
+		return 2;
+	}
+	int opened = 0, id = 0;
+	const char *json;
+	for (; unlock_next_token(cd, TPM2_TOKEN_TYPE, &id, &json) == 0; id++) {
+		struct tpm2_token tok;
+		if (tpm2_token_parse(json, &tok, why, sizeof(why)) < 0) {
+			printf("token %d: cannot be read: %s\n", id, why);
+			continue;
+		}
+		_cleanup_secret_ struct secret pass = {0};
+		int r = tpm2_unseal(tcti, &tok, NULL, &pass, why, sizeof(why));
+		int slot = tok.n_keyslots > 0 ? tok.keyslots[0] : -1;
+		if (r >= 0)
+			r = unlock_with_key(cd, NULL, slot, &pass, why, sizeof(why));
+		if (r >= 0) {
+			printf("token %d: unsealed; key slot %d accepts the key\n", id, r);
+			opened++;
+		} else {
+			printf("token %d: sealed: %s\n", id, why);
+		}
+		tpm2_token_free(&tok);
+	}
+	if (id == 0)
+		printf("%s has no systemd-tpm2 token\n", argv[1]);
+	unlock_free(&cd);
+	return opened ? 0 : 1;
 }

@@ -20,6 +20,7 @@ static void usage(FILE *f)
 	      "       factory-init --plan [--cmdline TEXT] [--config FILE]\n"
 	      "       factory-init --root=DIR [--cmdline TEXT] [--config FILE]\n"
 	      "       factory-init enroll-tpm2 DEVICE [--pcrs=LIST] [--tpm2-device=SPEC]\n"
+	      "       factory-init tpm2-check DEVICE [TPM2-DEVICE]\n"
 	      "\n"
 	      "Stage 1 of a factory VM: finds the data disk, unlocks LUKS2, mounts Btrfs on\n"
 	      "/persist, lays an overlay over /nix, writes the vm.* config for stage 2 and\n"
@@ -34,6 +35,7 @@ static void usage(FILE *f)
 	      "  -h, --help      this text\n"
 	      "  --version       print the version\n"
 	      "  enroll-tpm2     seal a new key to the TPM2 as a systemd-tpm2 token\n"
+	      "  tpm2-check      can the TPM2 unseal DEVICE's tokens now? (0: yes)\n"
 	      "  copy-store      copy a store tree as vm.store=bind does (SRC DST)\n"
 	      "                  (factory-init enroll-tpm2 --help)\n"
 	      "\n"
@@ -41,6 +43,7 @@ static void usage(FILE *f)
 	      "quiet\n"
 	      "  vm.persist=auto|/dev/X|LABEL=|UUID=|PARTUUID=|PARTLABEL=  (default auto)\n"
 	      "  vm.persist.timeout=SECONDS (default 10)  vm.persist.options=BTRFS-OPTIONS\n"
+	      "  vm.persist.encrypted=auto|yes|no (auto: LUKS2 required under vm.persist=auto)\n"
 	      "  vm.store=overlay|bind|off  vm.luks.key=KEY  vm.luks.keyfile=PATH  vm.debug\n"
 	      "  vm.luks=tpm2,credential,key,keyfile,passphrase (methods, in order)\n"
 	      "  vm.luks.tries=N (3)  vm.luks.timeout=SECONDS (60)  vm.luks.tpm2.timeout=S (2)\n"
@@ -83,6 +86,8 @@ int main(int argc, char **argv)
 		stage1_run(argc, argv);
 	if (argc > 1 && strcmp(argv[1], "enroll-tpm2") == 0)
 		return enroll_tpm2_main(argc - 1, argv + 1);
+	if (argc > 1 && strcmp(argv[1], "tpm2-check") == 0)
+		return tpm2_check_main(argc - 1, argv + 1);
 	if (argc > 1 && strcmp(argv[1], "copy-store") == 0)
 		return copy_store_main(argc - 1, argv + 1);
 
@@ -145,6 +150,8 @@ int main(int argc, char **argv)
 	}
 	struct plan p;
 	r = plan_build(cmdline ? cmdline : proc, embedded, &p);
+	if (proc)
+		explicit_bzero(proc, strlen(proc)); /* it may hold vm.luks.key= */
 	if (r < 0) {
 		fprintf(stderr, "factory-init: cannot build a plan: %s\n", strerror(-r));
 		return 1;

@@ -55,8 +55,14 @@ const char *store_mode_name(enum store_mode m)
 
 void plan_warn(struct plan *plan, const char *fmt, ...)
 {
-	if (plan->n_warnings >= PLAN_MAX_WARNINGS)
+	if (plan->n_warnings >= PLAN_MAX_WARNINGS) {
+		/* Full: the last slot gives up its warning to count it and the rest. */
+		plan->n_warnings_dropped =
+		    plan->n_warnings_dropped ? plan->n_warnings_dropped + 1 : 2;
+		snprintf(plan->warnings[PLAN_MAX_WARNINGS - 1], sizeof(plan->warnings[0]),
+			 "\xe2\x80\xa6 and %zu more warnings", plan->n_warnings_dropped);
 		return;
+	}
 	va_list ap;
 	va_start(ap, fmt);
 	vsnprintf(plan->warnings[plan->n_warnings++], sizeof(plan->warnings[0]), fmt, ap);
@@ -103,6 +109,10 @@ static void apply_control(struct plan *p, const char *name, const char *value)
 							     : PERSIST_TAG;
 	} else if (strcmp(name, "persist.timeout") == 0) {
 		p->persist_timeout_s = (unsigned)atoi(value);
+	} else if (strcmp(name, "persist.encrypted") == 0) {
+		p->persist_encrypted = strcmp(value, "auto") == 0 ? ENCRYPTED_AUTO
+				       : flag_value(value)	  ? ENCRYPTED_YES
+								  : ENCRYPTED_NO;
 	} else if (strcmp(name, "persist.options") == 0) {
 		/* Ours first: a later option wins in Btrfs, so the user can still override. */
 		if (*value)
@@ -121,6 +131,7 @@ static void apply_control(struct plan *p, const char *name, const char *value)
 		char why[160];
 		int n = unlock_methods_parse(value, p->methods, why, sizeof(why));
 		p->n_methods = n > 0 ? (size_t)n : p->n_methods;
+		explicit_bzero(why, sizeof(why));
 	} else if (strcmp(name, "luks.tries") == 0) {
 		p->luks_tries = (unsigned)atoi(value);
 	} else if (strcmp(name, "luks.timeout") == 0) {
@@ -148,7 +159,9 @@ static void apply_embedded(struct plan *p, const char *text)
 static bool is_device_spec(const char *v)
 {
 	char why[128];
-	return vm_key_check("persist", v, why, sizeof(why)) == 0 && strcmp(v, "auto") != 0;
+	bool ok = vm_key_check("persist", v, why, sizeof(why)) == 0 && strcmp(v, "auto") != 0;
+	explicit_bzero(why, sizeof(why));
+	return ok;
 }
 
 /* Parses the kernel's panic= (a signed whole number of seconds). */
@@ -175,24 +188,24 @@ static void apply_vm_key(struct plan *p, const char *name, const char *value)
 	value_preview(name, shown, sizeof(shown));
 	if (vm_key_kind(name, &kind, why, sizeof(why)) < 0) {
 		plan_warn(p, "vm.%s %s; ignored", shown, why);
-		return;
+		goto wipe;
 	}
 	if (!value) {
 		if (kind == VM_KEY_FLAG) {
 			apply_control(p, name, NULL);
-			return;
+			goto wipe;
 		}
 		plan_warn(p, "vm.%s needs a value (vm.%s=...); ignored", name, name);
-		return;
+		goto wipe;
 	}
 	if (vm_key_check(name, value, why, sizeof(why)) < 0) {
 		if (kind == VM_KEY_SECRET) {
 			plan_warn(p, "vm.%s (value not shown) %s; ignored", name, why);
-			return;
+			goto wipe;
 		}
 		value_preview(value, shown, sizeof(shown));
 		plan_warn(p, "vm.%s=\"%s\" %s; ignored", name, shown, why);
-		return;
+		goto wipe;
 	}
 	switch (kind) {
 	case VM_KEY_SECRET:
@@ -207,15 +220,19 @@ static void apply_vm_key(struct plan *p, const char *name, const char *value)
 		json_object_object_add(p->config_cmdline, name, json_object_new_string(value));
 		break;
 	}
+wipe:
+	/* Bits of the command line (a reason may quote the value): wipe them. */
+	explicit_bzero(why, sizeof(why));
+	explicit_bzero(shown, sizeof(shown));
 }
 
 static void apply_arg(struct plan *p, const char *key, const char *value)
 {
-	char shown[96];
 	if (str_has_prefix(key, "vm.")) {
 		apply_vm_key(p, key + 3, value);
 		return;
 	}
+	char shown[96], why[128];
 	if (strcmp(key, "root") == 0) {
 		if (value && is_device_spec(value))
 			strscpy(p->root, value, sizeof(p->root));
@@ -240,7 +257,6 @@ static void apply_arg(struct plan *p, const char *key, const char *value)
 			p->rootfstype[0] = '\0';
 		}
 	} else if (strcmp(key, "rootflags") == 0) {
-		char why[128];
 		if (value && vm_key_check("persist.options", value, why, sizeof(why)) == 0)
 			strscpy(p->rootflags, value, sizeof(p->rootflags));
 		else {
@@ -253,7 +269,6 @@ static void apply_arg(struct plan *p, const char *key, const char *value)
 	} else if (strcmp(key, "rw") == 0 && !value) {
 		p->root_rw = true;
 	} else if (strcmp(key, "init") == 0) {
-		char why[128];
 		if (value && vm_key_check("luks.keyfile", value, why, sizeof(why)) == 0)
 			strscpy(p->init, value, sizeof(p->init));
 		else {
@@ -274,7 +289,6 @@ static void apply_arg(struct plan *p, const char *key, const char *value)
 	} else if (strcmp(key, "rootwait") == 0) {
 		/* Bare: wait (nearly) for ever, as the kernel does; =N: N seconds (kernel >= 6.5).
 		 */
-		char why[128];
 		if (!value)
 			p->root_timeout_s = 3600;
 		else if (vm_key_check("persist.timeout", value, why, sizeof(why)) == 0)
@@ -284,6 +298,9 @@ static void apply_arg(struct plan *p, const char *key, const char *value)
 			plan_warn(p, "rootwait=\"%s\" %s; ignored", shown, why);
 		}
 	}
+	/* Bits of the command line: wipe them. */
+	explicit_bzero(shown, sizeof(shown));
+	explicit_bzero(why, sizeof(why));
 }
 
 int plan_build(const char *cmdline_text, const char *embedded_config, struct plan *p)
@@ -317,6 +334,13 @@ int plan_build(const char *cmdline_text, const char *embedded_config, struct pla
 		plan_free(p);
 		return -ENOMEM;
 	}
+	/* A label is easy to forge on a stranger's disk; a named device is the user's choice. */
+	p->persist_require_luks =
+	    p->persist_encrypted == ENCRYPTED_YES ||
+	    (p->persist_encrypted == ENCRYPTED_AUTO && p->persist_kind == PERSIST_AUTO);
+	/* Whatever unlocks the disk, a key on the command line is readable in stage 2, as a
+	 * credential given there is (systemd.set_credential=vm.luks.key:...). */
+	p->key_in_cmdline = p->key.data || credentials_find(&p->creds, "vm.luks.key");
 	return 0;
 }
 
@@ -327,8 +351,9 @@ void plan_free(struct plan *p)
 	json_object_put(p->config_embedded);
 	json_object_put(p->config_cmdline);
 	for (size_t i = 0; i < p->n_init_args; i++)
-		free(p->init_args[i]);
-	memset(p, 0, sizeof(*p));
+		free_wiped(p->init_args[i]);
+	/* The warnings quote command-line values. */
+	explicit_bzero(p, sizeof(*p));
 }
 
 static const char *persist_kind_name(enum persist_kind k)
@@ -373,6 +398,8 @@ char *plan_to_json(const struct plan *p)
 	json_object_object_add(persist, "timeout_s",
 			       json_object_new_int((int)p->persist_timeout_s));
 	json_object_object_add(persist, "options", json_object_new_string(p->persist_options));
+	json_object_object_add(persist, "require_luks",
+			       json_object_new_boolean(p->persist_require_luks));
 	json_object_object_add(o, "persist", persist);
 	json_object_object_add(o, "store", json_object_new_string(store_mode_name(p->store)));
 
@@ -381,7 +408,7 @@ char *plan_to_json(const struct plan *p)
 		json_object_array_add(unlock,
 				      json_object_new_string(unlock_method_name(p->methods[i])));
 	json_object_object_add(o, "unlock_methods", unlock);
-	json_object_object_add(o, "key_on_cmdline", json_object_new_boolean(p->key.data != NULL));
+	json_object_object_add(o, "key_on_cmdline", json_object_new_boolean(p->key_in_cmdline));
 	json_object_object_add(o, "keyfile", json_object_new_string(p->keyfile));
 	json_object_object_add(o, "luks_tries", json_object_new_int((int)p->luks_tries));
 	json_object_object_add(o, "luks_timeout_s", json_object_new_int((int)p->luks_timeout_s));

@@ -27,6 +27,14 @@ enum persist_kind {
 	PERSIST_TAG,  /* LABEL=, UUID=, PARTUUID=, PARTLABEL= */
 };
 
+/* vm.persist.encrypted: must the data disk be LUKS? */
+enum persist_encrypted {
+	ENCRYPTED_AUTO, /* yes under vm.persist=auto (a label is easy to forge), no for a named disk
+			 */
+	ENCRYPTED_YES,
+	ENCRYPTED_NO,
+};
+
 #define PLAN_STR 512
 #define PLAN_MAX_WARNINGS 32
 #define PLAN_MAX_INIT_ARGS 64
@@ -60,11 +68,14 @@ struct plan {
 	enum persist_kind persist_kind;
 	char persist[PLAN_STR]; /* as given (or the default), e.g. LABEL=persist or /dev/vdb */
 	unsigned persist_timeout_s;
-	char persist_options[PLAN_STR]; /* the whole Btrfs option string */
+	char persist_options[PLAN_STR];		  /* the whole Btrfs option string */
+	enum persist_encrypted persist_encrypted; /* as given */
+	bool persist_require_luks; /* the decision: refuse an unencrypted data disk */
 	enum store_mode store;
 
 	/* Unlocking: the key itself never leaves this struct except into libcryptsetup. */
-	struct secret key; /* vm.luks.key, from /proc/cmdline (so stage 2 can read it too) */
+	struct secret key;   /* vm.luks.key, from /proc/cmdline (so stage 2 can read it too) */
+	bool key_in_cmdline; /* vm.luks.key= or a vm.luks.key credential in /proc/cmdline */
 	char keyfile[PLAN_STR];
 	bool keyfile_explicit; /* vm.luks.keyfile was given: a missing file is worth a warning */
 	enum unlock_method methods[UNLOCK_N_METHODS]; /* vm.luks=: the order of attempts */
@@ -91,6 +102,9 @@ struct plan {
 
 	char warnings[PLAN_MAX_WARNINGS][256];
 	size_t n_warnings;
+	/* Warnings past the cap: the last slot then reads "... and N more warnings" instead of
+	 * naming one; this is N (0 while every warning has its own slot). */
+	size_t n_warnings_dropped;
 };
 
 /*
@@ -101,7 +115,10 @@ struct plan {
 int plan_build(const char *cmdline, const char *embedded_config, struct plan *plan);
 void plan_free(struct plan *plan);
 
-/* Appends a warning (printf-style); silently drops warnings past PLAN_MAX_WARNINGS. */
+/*
+ * Appends a warning (printf-style). Past PLAN_MAX_WARNINGS, the last slot counts the rest: 45
+ * warnings give 31 named ones and "... and 14 more warnings".
+ */
 void plan_warn(struct plan *plan, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* The kernel modules stage 1 loads, in order (the initrd must carry them). */

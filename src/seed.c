@@ -7,6 +7,8 @@
 #define _GNU_SOURCE
 #include "seed.h"
 #include "log.h"
+#include "beneath.h"
+#include "persist.h"
 #include "util.h"
 
 #include <dirent.h>
@@ -21,6 +23,7 @@
 #include <string.h>
 #include <sys/sendfile.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/sysmacros.h>
 #include <sys/xattr.h>
 #include <time.h>
@@ -140,10 +143,12 @@ int seed_factory_identity(const char *root, char *out, size_t out_len)
 	snprintf(path, sizeof(path), "%s%s", root, FACTORY_ID_FILE);
 	if (read_file(path, 4096, &text, NULL) == 0) {
 		text[strcspn(text, "\r\n")] = '\0';
-		if (*text && !has_control_chars(text)) {
+		if (persist_identity_valid(text)) {
 			snprintf(out, out_len, "%s", text);
 			return 0;
 		}
+		log_warn(FACTORY_ID_FILE " is not an identity (1 to 127 of A-Z a-z 0-9 . _ : + @ "
+					 "-); using the store's instead");
 	}
 	char **names;
 	size_t n;
@@ -617,15 +622,14 @@ out:
 
 /* ---- bind mode ---------------------------------------------------------------------------- */
 
-static int read_marker(const char *path, char *out, size_t out_len)
+/* A marker (rel beneath persist), read without following links and believed only when it holds a
+ * valid identity (persist.c). */
+static int read_marker(const char *persist, const char *rel, char *out, size_t out_len)
 {
-	_cleanup_free_ char *text = NULL;
-	int r = read_file(path, 4096, &text, NULL);
-	if (r < 0)
-		return r;
-	text[strcspn(text, "\n")] = '\0';
-	snprintf(out, out_len, "%s", text);
-	return 0;
+	_cleanup_close_ int fd = open(persist, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	return persist_read_marker(fd, rel, out, out_len);
 }
 
 static int write_marker(const char *path, const char *identity)
@@ -706,6 +710,45 @@ out:
 	return r;
 }
 
+/* The record of a bind copy that ran out of space: "IDENTITY FREE-BYTES" in <persist>. */
+#define TOO_SMALL_FILE ".factory-init-bind-too-small"
+
+static uint64_t free_bytes(const char *dir)
+{
+	struct statvfs v;
+	return statvfs(dir, &v) == 0 ? (uint64_t)v.f_bavail * v.f_frsize : 0;
+}
+
+static bool too_small_before(const char *persist, const char *identity, uint64_t *free_then)
+{
+	_cleanup_close_ int fd = open(persist, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	_cleanup_free_ char *text = NULL;
+	if (fd < 0 || beneath_read(fd, TOO_SMALL_FILE, 256, &text, NULL) < 0)
+		return false;
+	char id[128];
+	unsigned long long f;
+	if (sscanf(text, "%127s %llu", id, &f) != 2 || !persist_identity_valid(id) ||
+	    strcmp(id, identity) != 0)
+		return false;
+	*free_then = f;
+	return true;
+}
+
+static void record_too_small(const char *persist, const char *identity, uint64_t free_now)
+{
+	char path[PATH_MAX], text[192];
+	snprintf(path, sizeof(path), "%s/" TOO_SMALL_FILE, persist);
+	int n = snprintf(text, sizeof(text), "%s %llu\n", identity, (unsigned long long)free_now);
+	write_file_atomic(path, text, (size_t)n, 0644);
+}
+
+static void forget_too_small(const char *persist)
+{
+	char path[PATH_MAX];
+	snprintf(path, sizeof(path), "%s/" TOO_SMALL_FILE, persist);
+	unlink(path);
+}
+
 int seed_bind_store(const char *factory_nix, const char *persist, const char *identity,
 		    struct seed_stats *st, bool *copied, bool *refreshed, char *previous,
 		    size_t previous_len, char *why, size_t why_len)
@@ -720,7 +763,7 @@ int seed_bind_store(const char *factory_nix, const char *persist, const char *id
 	snprintf(marker, sizeof(marker), "%s/" SEED_MARKER, nix);
 	snprintf(smarker, sizeof(smarker), "%s/" SEED_MARKER, staging);
 
-	if (read_marker(marker, old, sizeof(old)) == 0) {
+	if (read_marker(persist, "nix/" SEED_MARKER, old, sizeof(old)) == 0) {
 		snprintf(previous, previous_len, "%s", old);
 		if (strcmp(old, identity) == 0)
 			return 0; /* the common case: O(1) */
@@ -736,25 +779,41 @@ int seed_bind_store(const char *factory_nix, const char *persist, const char *id
 	}
 
 	/* No complete copy yet: copy or resume into staging, unless staging is already whole. */
-	if (read_marker(smarker, old, sizeof(old)) < 0) {
+	if (read_marker(persist, SEED_STAGING "/" SEED_MARKER, old, sizeof(old)) < 0) {
+		uint64_t free_now = free_bytes(persist), free_then = 0;
+		if (too_small_before(persist, identity, &free_then) && free_now <= free_then) {
+			*copied = true; /* the attempt counts as the copy step, with no bytes */
+			snprintf(
+			    why, why_len,
+			    "/persist is too small for a copy of the factory store: an earlier "
+			    "boot ran out of space with %llu MB free, and %llu MB are free "
+			    "now; not copying again until more is free",
+			    (unsigned long long)(free_then / 1000000),
+			    (unsigned long long)(free_now / 1000000));
+			return -ENOSPC;
+		}
 		struct stat s;
 		if (lstat(staging, &s) == 0)
 			log_info("resuming the interrupted copy of the factory store");
 		r = seed_copy_tree(factory_nix, staging, st, why, why_len);
+		*copied = true;
 		if (r < 0) {
 			if (r == -ENOSPC) {
 				/* Give the space back: the overlay (or the factory store) takes
-				 * over. */
+				 * over. Remember how much was free, so the next boots do not try
+				 * the same copy again. */
 				remove_tree(staging);
+				record_too_small(persist, identity, free_now);
 				snprintf(
 				    why, why_len,
 				    "/persist is too small for a copy of the factory store (%llu "
-				    "MB); removed the partial copy",
-				    (unsigned long long)(st->total_bytes / 1000000));
+				    "MB, %llu MB were free); removed the partial copy",
+				    (unsigned long long)(st->total_bytes / 1000000),
+				    (unsigned long long)(free_now / 1000000));
 			}
 			return r;
 		}
-		*copied = true;
+		forget_too_small(persist);
 		if ((r = sync_path(staging)) < 0 || (r = write_marker(smarker, identity)) < 0) {
 			snprintf(why, why_len, "finishing the copy: %s", strerror(-r));
 			return r;
@@ -797,10 +856,10 @@ int seed_overlay_refresh(const char *factory_nix, const char *persist, const cha
 	char idfile[PATH_MAX], fstore[PATH_MAX], ustore[PATH_MAX], path[PATH_MAX];
 	char old[512] = "";
 	*refreshed = false;
-	snprintf(idfile, sizeof(idfile), "%s/nix/.factory-image", persist);
+	snprintf(idfile, sizeof(idfile), "%s/nix/" SEED_OVERLAY_MARKER, persist);
 	snprintf(fstore, sizeof(fstore), "%s/store", factory_nix);
 	snprintf(ustore, sizeof(ustore), "%s/nix/upper/store", persist);
-	bool known = read_marker(idfile, old, sizeof(old)) == 0;
+	bool known = read_marker(persist, "nix/" SEED_OVERLAY_MARKER, old, sizeof(old)) == 0;
 	snprintf(previous, previous_len, "%s", old);
 	if (known && strcmp(old, identity) == 0)
 		return 0;

@@ -15,8 +15,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SEED_MARKER ".factory-init-store" /* in the copy's top directory */
-#define SEED_STAGING ".nix-staging"	  /* next to it, in <persist> */
+#define SEED_MARKER ".factory-init-store"    /* in the copy's top directory */
+#define SEED_STAGING ".nix-staging"	     /* next to it, in <persist> */
+#define SEED_OVERLAY_MARKER ".factory-image" /* overlay mode: in <persist>/nix */
 #define FACTORY_ID_FILE "/etc/factory-image-id"
 
 struct seed_stats {

@@ -11,6 +11,8 @@
 #include "log.h"
 #include "modules.h"
 #include "mounts.h"
+#include "beneath.h"
+#include "persist.h"
 #include "plan.h"
 #include "seed.h"
 #include "status.h"
@@ -53,16 +55,136 @@ static const char *dev_describe(const struct plan *p, char *buf, size_t len)
 	return buf;
 }
 
-/* Unlocks the data disk with the first method that works (see unlock_run). */
-static int unlock_step(const struct plan *p, struct status *st, const char *device,
-		       const struct credentials *creds)
+/* Mounts a candidate (its opened mapping when LUKS) on /persist; on failure closes the mapping. */
+static int mount_candidate(const struct plan *p, struct status *st, struct persist_candidate *c,
+			   bool luks, const char *persist_dir)
 {
+	char why[512] = "";
+	const char *fsdev = luks ? "/dev/mapper/" PERSIST_DM_NAME : c->dev.devname;
+	uint64_t t = now_ms();
+	int r = mount_fs(fsdev, persist_dir, "btrfs", p->persist_options, why, sizeof(why));
+	status_step(st, "mount", now_ms() - t, r);
+	if (r < 0) {
+		log_err("%s", why);
+		c->verdict = CAND_FAILED;
+		strscpy(c->detail, why, sizeof(c->detail));
+		if (luks)
+			unlock_close(PERSIST_DM_NAME);
+		status_reason(st, "%s", why);
+		return r;
+	}
+	c->verdict = CAND_USED;
+	strscpy(st->device, c->dev.devname, sizeof(st->device));
+	strscpy(st->fstype, c->dev.type, sizeof(st->fstype));
+	st->luks = luks;
+	log_info("mounted %s on /persist (btrfs, %s)", fsdev, p->persist_options);
+	return 0;
+}
+
+static bool is_luks(const struct persist_candidate *c)
+{
+	return strcmp(c->dev.type, "crypto_LUKS") == 0;
+}
+
+/* The reason when no candidate could be used at all: each refused one, with why. */
+static void refused_reason(struct status *st, const struct persist_candidates *cands)
+{
+	char all[sizeof(st->reason)] = "";
+	for (size_t i = 0, o = 0; i < cands->n && o < sizeof(all); i++)
+		o += (size_t)snprintf(all + o, sizeof(all) - o, "%s%s %s", i ? "; " : "",
+				      cands->c[i].dev.devname, cands->c[i].detail);
+	status_reason(st, "%s", all);
+}
+
+/*
+ * Opens and mounts the first candidate that works, in the documented order: every LUKS candidate
+ * with the methods that need no one at the console, then every LUKS candidate with the prompts,
+ * then (where allowed) the plain Btrfs ones. Sets each tried candidate's verdict; returns the
+ * index of the one mounted on /persist, or a negative errno with the reason in the status.
+ */
+static int open_candidates(const struct plan *p, struct status *st,
+			   struct persist_candidates *cands, size_t n_try,
+			   const struct credentials *creds, const char *persist_dir)
+{
+	if (n_try == 0) {
+		strscpy(st->device, cands->c[0].dev.devname, sizeof(st->device));
+		strscpy(st->fstype, cands->c[0].dev.type, sizeof(st->fstype));
+		refused_reason(st, cands);
+		return -ENOENT;
+	}
+	bool tried = false, mount_failed = false;
+	char why[MAX_CANDIDATES][384] = {{0}};
+	uint64_t t = now_ms();
+	int r = -ENOENT, won = -1;
 	unlock_setup(p->debug);
-	int r = unlock_run(p, st, device, creds);
-	if (r == 0 && strcmp(st->unlock, "cmdline-key") == 0)
-		warn_both(st, "the key came from the kernel command line: stage 2 can read it in "
-			      "/proc/cmdline");
-	return r;
+	for (int round = UNLOCK_ROUND_QUIET; round <= UNLOCK_ROUND_PROMPT && won < 0; round++)
+		for (size_t i = 0; i < n_try && won < 0; i++) {
+			struct persist_candidate *c = &cands->c[i];
+			if (c->verdict != CAND_TRY || !is_luks(c))
+				continue;
+			if (!st->luks) {
+				/* The status names the first LUKS candidate until one is used. */
+				st->luks = true;
+				strscpy(st->device, c->dev.devname, sizeof(st->device));
+				strscpy(st->fstype, c->dev.type, sizeof(st->fstype));
+			}
+			char last[sizeof(why[0])] = "";
+			r = unlock_run(p, st, c->dev.devname, creds, (enum unlock_round)round,
+				       &tried, last, sizeof(last));
+			if (*last)
+				strscpy(why[i], last, sizeof(why[i]));
+			if (r < 0)
+				continue;
+			status_step(st, "unlock", now_ms() - t, 0);
+			if (mount_candidate(p, st, c, true, persist_dir) == 0)
+				won = (int)i;
+			else
+				mount_failed = true;
+		}
+	if (won < 0 && st->luks)
+		status_step(st, "unlock", now_ms() - t, r < 0 ? r : -ENOKEY);
+	for (size_t i = 0; i < n_try; i++)
+		if (cands->c[i].verdict == CAND_TRY && is_luks(&cands->c[i])) {
+			cands->c[i].verdict = won < 0 ? CAND_FAILED : CAND_SKIPPED;
+			if (won < 0)
+				strscpy(cands->c[i].detail, why[i], sizeof(cands->c[i].detail));
+		}
+	for (size_t i = 0; i < n_try && won < 0; i++)
+		if (cands->c[i].verdict == CAND_TRY) {
+			if (mount_candidate(p, st, &cands->c[i], false, persist_dir) == 0)
+				won = (int)i;
+			else
+				mount_failed = true;
+		}
+	for (size_t i = 0; i < n_try; i++)
+		if (cands->c[i].verdict == CAND_TRY)
+			cands->c[i].verdict = CAND_SKIPPED;
+	if (won >= 0) {
+		st->reason[0] = '\0';
+		return won;
+	}
+	if (!mount_failed) {
+		char reason[sizeof(st->reason)], devices[160] = "";
+		for (size_t i = 0, o = 0, k = 0; i < n_try && o < sizeof(devices); i++)
+			if (is_luks(&cands->c[i]))
+				o += (size_t)snprintf(devices + o, sizeof(devices) - o, "%s%s",
+						      k++ ? ", " : "", cands->c[i].dev.devname);
+		if (tried) {
+			unlock_reason(p, st, devices, tried, reason, sizeof(reason));
+		} else {
+			/* Nothing had a key: say so, or why the headers could not be read. */
+			size_t o = 0;
+			reason[0] = '\0';
+			for (size_t i = 0; i < n_try && o < sizeof(reason); i++)
+				if (*why[i])
+					o += (size_t)snprintf(reason + o, sizeof(reason) - o,
+							      "%s%s", o ? "; " : "", why[i]);
+			if (!o)
+				unlock_reason(p, st, devices, false, reason, sizeof(reason));
+		}
+		status_reason(st, "%s", reason);
+	}
+	return r < 0 ? r : -EIO;
 }
 
 /* Merges the config layers and writes /persist/config.json and /run/vm-config.json. */
@@ -74,22 +196,38 @@ static int config_step(const struct plan *p, struct status *st, const char *root
 	int r;
 
 	_cleanup_free_ char *saved = NULL;
-	snprintf(path, sizeof(path), "%s/persist/config.json", root);
-	if (st->persist) {
-		r = read_file(path, 1 << 20, &saved, NULL);
-		if (r == 0 && config_layer_from_json(saved, "/persist/config.json", &persisted,
-						     NULL, config_warn, st) < 0) {
-			/* Keep the damaged file for inspection; never lose what was on /persist. */
-			char bad[PATH_MAX];
-			snprintf(bad, sizeof(bad), "%s.bad", path);
-			if (rename(path, bad) == 0)
-				warn_both(st, "moved the unreadable /persist/config.json to "
-					      "/persist/config.json.bad");
-		} else if (r < 0 && r != -ENOENT) {
+	_cleanup_close_ int persist_fd = -1;
+	snprintf(path, sizeof(path), "%s/persist", root);
+	if (st->persist && (persist_fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
+		log_err("cannot open /persist: %s", strerror(errno));
+	if (persist_fd >= 0) {
+		/* Untrusted: read beneath /persist without following a link, a regular file only,
+		 * bounded; then every key and value is validated (config.c). */
+		r = beneath_read(persist_fd, "config.json", PERSIST_CONFIG_MAX, &saved, NULL);
+		bool bad = r == 0 && config_layer_from_json(saved, "/persist/config.json",
+							    &persisted, NULL, config_warn, st) < 0;
+		if (r < 0 && r != -ENOENT) {
 			char msg[256];
 			snprintf(msg, sizeof(msg), "cannot read /persist/config.json: %s",
-				 strerror(-r));
+				 r == -ELOOP	? "it is a symlink"
+				 : r == -EBADFD ? "it is not a regular file"
+				 : r == -EFBIG	? "it is larger than 64 KiB"
+						: strerror(-r));
 			warn_both(st, msg);
+			bad = r == -ELOOP || r == -EBADFD || r == -EFBIG || r == -EXDEV;
+		}
+		if (bad) {
+			/* Keep it for inspection; never lose what was on /persist. */
+			char moved[PATH_MAX], msg[PATH_MAX + 64];
+			free(saved);
+			saved = NULL;
+			if (persist_move_aside(persist_fd, "config.json", moved, sizeof(moved)) ==
+			    0) {
+				snprintf(msg, sizeof(msg),
+					 "moved the unreadable /persist/config.json to /persist/%s",
+					 moved);
+				warn_both(st, msg);
+			}
 		}
 	}
 	struct json_object *from_creds = NULL;
@@ -109,8 +247,9 @@ static int config_step(const struct plan *p, struct status *st, const char *root
 
 	int result = 0;
 	/* Most boots change nothing: then leave the file (and the disk) alone. */
-	if (st->persist && !(saved && strcmp(saved, text) == 0)) {
-		r = write_file_atomic(path, text, strlen(text), 0644);
+	if (persist_fd >= 0 && !(saved && strcmp(saved, text) == 0)) {
+		/* Root-only: credentials feed it (config is still no place for secrets). */
+		r = write_file_atomic_at(persist_fd, "config.json", text, strlen(text), 0600);
 		if (r < 0) {
 			char msg[256];
 			snprintf(msg, sizeof(msg), "cannot write /persist/config.json: %s",
@@ -119,7 +258,7 @@ static int config_step(const struct plan *p, struct status *st, const char *root
 			result = r;
 		}
 	}
-	r = write_file_atomic(RUN_CONFIG, text, strlen(text), 0644);
+	r = write_file_atomic(RUN_CONFIG, text, strlen(text), 0600);
 	if (r < 0) {
 		log_err("cannot write " RUN_CONFIG ": %s", strerror(-r));
 		result = r;
@@ -140,8 +279,13 @@ static bool bind_store(struct status *st, const char *nix_dir, const char *persi
 	status_step(st, copied ? "store-copy" : "store-check", now_ms() - t, r);
 	st->refreshed = refreshed;
 	if (copied) {
+		/* Recorded even when the copy failed (or was not tried again): its figures say
+		 * how far it got. */
 		st->seeded = true;
 		st->seed = ss;
+		st->seed_result = r;
+	}
+	if (copied && r >= 0) {
 		log_info("copied the factory store to /persist/nix: %llu files, %llu hard links, "
 			 "%llu MB in %llu ms%s",
 			 (unsigned long long)ss.files, (unsigned long long)ss.hardlinks,
@@ -196,15 +340,45 @@ static void store_step(const struct plan *p, struct status *st, const char *root
 	}
 }
 
+/*
+ * Whatever the outcome, no TPM2 token bound to the boot value of TPM2_LOCK_PCR may unseal once
+ * stage 2 runs: extend it now. Tokens enrolled with factory-init's default policy (and
+ * systemd-cryptenroll --tpm2-pcrs=...+15:sha256=0...) then stay sealed until the next boot.
+ */
+static void tpm2_lock_step(struct status *st)
+{
+	uint64_t t = now_ms();
+	st->tpm2_lock_pcr = TPM2_LOCK_PCR;
+	int r = tpm2_extend_pcr(NULL, TPM2_LOCK_PCR, TPM2_LOCK_EVENT, st->tpm2_lock_detail,
+				sizeof(st->tpm2_lock_detail));
+	st->tpm2_lock_result = r;
+	if (r == 0)
+		strscpy(st->tpm2_lock_detail, "no TPM2", sizeof(st->tpm2_lock_detail));
+	status_step(st, "tpm2-lock", now_ms() - t, r < 0 ? r : 0);
+	if (r > 0)
+		log_info("TPM2 locked for stage 2: %s", st->tpm2_lock_detail);
+	else if (r < 0) {
+		char msg[256];
+		snprintf(msg, sizeof(msg),
+			 "cannot extend the TPM2's PCR %u (%s): stage 2 could unseal this boot's "
+			 "TPM2 tokens",
+			 TPM2_LOCK_PCR, st->tpm2_lock_detail);
+		warn_both(st, msg);
+	}
+}
+
 void persist_setup(const struct plan *p, struct status *st, const char *root)
 {
-	char why[512] = "", persist_dir[PATH_MAX], nix_dir[PATH_MAX], desc[160];
-	struct blockdev dev;
+	char persist_dir[PATH_MAX], nix_dir[PATH_MAX], desc[160];
+	_cleanup_close_ int persist_fd = -1;
 	uint64_t t = now_ms();
 	int r;
 
 	/* Whatever the disk turns out to be, a key on the command line is readable in stage 2. */
-	st->key_in_cmdline = p->key.data != NULL;
+	st->key_in_cmdline = p->key_in_cmdline;
+	if (p->key_in_cmdline)
+		warn_both(st, "a LUKS key is on the kernel command line (vm.luks.key= or a "
+			      "vm.luks.key credential): stage 2 can read it in /proc/cmdline");
 
 	/*
 	 * System credentials: the command line's (in the plan), then fw_cfg and SMBIOS; in helper
@@ -245,49 +419,44 @@ void persist_setup(const struct plan *p, struct status *st, const char *root)
 	struct stat rst;
 	struct dev_spec spec = {p->persist_kind, p->persist,
 				stat(root, &rst) == 0 ? rst.st_dev : 0};
-	r = devices_wait(&spec, p->persist_timeout_s * 1000u, &dev);
+	struct blockdev devs[32];
+	size_t n_devs = 0;
+	r = devices_wait_all(&spec, p->persist_timeout_s * 1000u, devs, ARRAY_SIZE(devs), &n_devs);
 	status_step(st, "device", now_ms() - t, r);
 	if (r < 0) {
 		status_reason(st, "no data disk: %s did not appear within %u s",
 			      dev_describe(p, desc, sizeof(desc)), p->persist_timeout_s);
 		goto config;
 	}
-	strscpy(st->device, dev.devname, sizeof(st->device));
-	strscpy(st->fstype, dev.type, sizeof(st->fstype));
-	log_info("data disk: %s (%s%s%s)", dev.devname, *dev.type ? dev.type : "no signature",
-		 *dev.label ? ", label " : "", dev.label);
-
-	const char *fsdev = dev.devname;
-	if (strcmp(dev.type, "crypto_LUKS") == 0) {
-		st->luks = true;
-		t = now_ms();
-		r = unlock_step(p, st, dev.devname, &creds);
-		status_step(st, "unlock", now_ms() - t, r);
-		if (r < 0)
-			goto config;
-		fsdev = "/dev/mapper/" PERSIST_DM_NAME;
-	} else if (strcmp(dev.type, "btrfs") != 0) {
-		status_reason(st, "%s holds %s, not LUKS or Btrfs; left untouched", dev.devname,
-			      *dev.type ? dev.type : "no recognisable signature");
-		goto config;
+	struct persist_candidates cands;
+	size_t n_try = devices_candidates(&spec, p->persist_require_luks, devs, n_devs, &cands);
+	for (size_t i = 0; i < cands.n; i++) {
+		const struct blockdev *d = &cands.c[i].dev;
+		log_info("data disk candidate: %s (%s%s%s)%s%s", d->devname,
+			 *d->type ? d->type : "no signature", *d->label ? ", label " : "", d->label,
+			 cands.c[i].verdict == CAND_REFUSED ? ": refused, " : "",
+			 cands.c[i].verdict == CAND_REFUSED ? cands.c[i].detail : "");
 	}
-
-	t = now_ms();
-	r = mount_fs(fsdev, persist_dir, "btrfs", p->persist_options, why, sizeof(why));
-	status_step(st, "mount", now_ms() - t, r);
-	if (r < 0) {
-		status_reason(st, "%s", why);
-		if (st->luks)
-			unlock_close(PERSIST_DM_NAME);
+	int used = open_candidates(p, st, &cands, n_try, &creds, persist_dir);
+	for (size_t i = 0; i < cands.n; i++)
+		status_candidate(st, cands.c[i].dev.devname, cands.c[i].dev.type,
+				 cands.c[i].dev.label, cand_verdict_name(cands.c[i].verdict),
+				 cands.c[i].detail);
+	if (used < 0)
 		goto config;
-	}
 	st->persist = true;
-	log_info("mounted %s on /persist (btrfs, %s)", fsdev, p->persist_options);
 
-	if (p->store == STORE_OFF)
+	persist_fd = open(persist_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	int checked = persist_fd < 0 ? -errno : persist_check_tree(persist_fd, config_warn, st);
+	if (p->store == STORE_OFF) {
 		strcpy(st->store, "off");
-	else
+	} else if (checked < 0) {
+		status_reason(st, "/nix stays the factory store: /persist holds a path stage 1 "
+				  "cannot trust or move aside (see the warnings)");
+		log_err("%s", st->reason);
+	} else {
 		store_step(p, st, root, nix_dir, persist_dir);
+	}
 config:
 	if (!st->persist)
 		log_err("booting on the factory store: %s", st->reason);
@@ -295,6 +464,7 @@ config:
 	r = config_step(p, st, root, &creds);
 	credentials_free(&creds);
 	status_step(st, "config", now_ms() - t, r);
+	tpm2_lock_step(st);
 }
 
 /* Loads the planned modules, the CPU-specific ones only where the CPU has the features. */

@@ -19,10 +19,31 @@ void status_init(struct status *st, const char *mode, uint64_t started_ms)
 	strcpy(st->store, "factory");
 }
 
+#define STATUS_WARN_MORE "\xe2\x80\xa6 and %zu more warnings (see the kernel log)"
+
 void status_warn(struct status *st, const char *msg)
 {
-	if (st->n_warnings < STATUS_MAX_WARNINGS)
+	if (st->n_warnings < STATUS_MAX_WARNINGS) {
 		strscpy(st->warnings[st->n_warnings++], msg, sizeof(st->warnings[0]));
+		return;
+	}
+	/*
+	 * Full: the last slot stands for every warning from it on, and says how many (the caller
+	 * logs each one). The count lives in that text: it already says "... and N more" when it
+	 * reads exactly so, else it held one warning, which now counts with this one.
+	 */
+	char *last = st->warnings[STATUS_MAX_WARNINGS - 1];
+	size_t more = 2;
+	const char *digits = strstr(last, " and ");
+	if (digits) {
+		char *end;
+		unsigned long long n = strtoull(digits + 5, &end, 10);
+		char again[sizeof(st->warnings[0])];
+		snprintf(again, sizeof(again), STATUS_WARN_MORE, (size_t)n);
+		if (end != digits + 5 && strcmp(again, last) == 0)
+			more = (size_t)n + 1;
+	}
+	snprintf(last, sizeof(st->warnings[0]), STATUS_WARN_MORE, more);
 }
 
 void status_reason(struct status *st, const char *fmt, ...)
@@ -46,12 +67,26 @@ void status_step(struct status *st, const char *name, uint64_t ms, int result)
 	s->result = result;
 }
 
-void status_attempt(struct status *st, const char *method, const char *source, int result,
-		    uint64_t ms, const char *detail)
+void status_candidate(struct status *st, const char *device, const char *type, const char *label,
+		      const char *verdict, const char *detail)
+{
+	if (st->n_candidates >= STATUS_MAX_CANDIDATES)
+		return;
+	struct status_candidate *c = &st->candidates[st->n_candidates++];
+	strscpy(c->device, device, sizeof(c->device));
+	strscpy(c->type, type ? type : "", sizeof(c->type));
+	strscpy(c->label, label ? label : "", sizeof(c->label));
+	strscpy(c->verdict, verdict, sizeof(c->verdict));
+	strscpy(c->detail, detail ? detail : "", sizeof(c->detail));
+}
+
+void status_attempt(struct status *st, const char *device, const char *method, const char *source,
+		    int result, uint64_t ms, const char *detail)
 {
 	if (st->n_attempts >= STATUS_MAX_ATTEMPTS)
 		return;
 	struct status_attempt *a = &st->attempts[st->n_attempts++];
+	strscpy(a->device, device ? device : "", sizeof(a->device));
 	strscpy(a->method, method, sizeof(a->method));
 	strscpy(a->source, source ? source : "", sizeof(a->source));
 	a->result = result;
@@ -78,10 +113,23 @@ char *status_to_json(const struct status *st)
 	json_object_object_add(o, "fstype", str_or_null(st->fstype));
 	json_object_object_add(o, "luks", json_object_new_boolean(st->luks));
 	json_object_object_add(o, "unlock", str_or_null(st->unlock));
+	struct json_object *cands = json_object_new_array();
+	for (size_t i = 0; i < st->n_candidates; i++) {
+		const struct status_candidate *c = &st->candidates[i];
+		struct json_object *j = json_object_new_object();
+		json_object_object_add(j, "device", json_object_new_string(c->device));
+		json_object_object_add(j, "type", str_or_null(c->type));
+		json_object_object_add(j, "label", str_or_null(c->label));
+		json_object_object_add(j, "verdict", json_object_new_string(c->verdict));
+		json_object_object_add(j, "detail", str_or_null(c->detail));
+		json_object_array_add(cands, j);
+	}
+	json_object_object_add(o, "candidates", cands);
 	struct json_object *att = json_object_new_array();
 	for (size_t i = 0; i < st->n_attempts; i++) {
 		const struct status_attempt *a = &st->attempts[i];
 		struct json_object *j = json_object_new_object();
+		json_object_object_add(j, "device", str_or_null(a->device));
 		json_object_object_add(j, "method", json_object_new_string(a->method));
 		json_object_object_add(j, "source", str_or_null(a->source));
 		json_object_object_add(j, "ok", json_object_new_boolean(a->result >= 0));
@@ -98,6 +146,11 @@ char *status_to_json(const struct status *st)
 	json_object_object_add(o, "key_in_cmdline", json_object_new_boolean(st->key_in_cmdline));
 	json_object_object_add(o, "store", json_object_new_string(st->store));
 	json_object_object_add(o, "tpm2", str_or_null(st->tpm2));
+	struct json_object *lock = json_object_new_object();
+	json_object_object_add(lock, "pcr", json_object_new_int((int)st->tpm2_lock_pcr));
+	json_object_object_add(lock, "extended", json_object_new_boolean(st->tpm2_lock_result > 0));
+	json_object_object_add(lock, "detail", str_or_null(st->tpm2_lock_detail));
+	json_object_object_add(o, "tpm2_lock", lock);
 	struct json_object *img = json_object_new_object();
 	json_object_object_add(img, "id", str_or_null(st->factory_id));
 	json_object_object_add(img, "previous", str_or_null(st->factory_previous));
@@ -114,6 +167,13 @@ char *status_to_json(const struct status *st)
 		json_object_object_add(sd, "kept", json_object_new_int64((int64_t)st->seed.kept));
 		json_object_object_add(sd, "bytes", json_object_new_int64((int64_t)st->seed.bytes));
 		json_object_object_add(sd, "ms", json_object_new_int64((int64_t)st->seed.ms));
+		json_object_object_add(sd, "total_bytes",
+				       json_object_new_int64((int64_t)st->seed.total_bytes));
+		json_object_object_add(sd, "complete",
+				       json_object_new_boolean(st->seed_result >= 0));
+		if (st->seed_result < 0)
+			json_object_object_add(sd, "error",
+					       json_object_new_string(strerror(-st->seed_result)));
 		json_object_object_add(o, "store_copy", sd);
 	}
 	struct json_object *w = json_object_new_array();

@@ -23,11 +23,21 @@ struct status_step {
 
 /* One unlock attempt: which method, how it ended and why. */
 struct status_attempt {
+	char device[64]; /* the candidate it was tried on */
 	char method[16]; /* "tpm2", "credential", "cmdline-key", "keyfile", "passphrase" */
 	char source[64]; /* which token, credential origin, file... ("token 0", "smbios") */
 	int result;	 /* the key slot opened (>= 0) or a negative errno */
 	uint64_t ms;
 	char detail[256]; /* the reason it failed, or "" */
+};
+
+#define STATUS_MAX_CANDIDATES 8
+
+/* A device the data-disk spec named, and what became of it (devices.h: cand_verdict). */
+struct status_candidate {
+	char device[64], type[32], label[128];
+	char verdict[16];
+	char detail[192];
 };
 
 struct status {
@@ -38,6 +48,8 @@ struct status {
 	char fstype[32];   /* what blkid found on it */
 	bool luks;	   /* it was LUKS-encrypted */
 	char unlock[32];   /* the method that unlocked (as in status_attempt), "" if none */
+	struct status_candidate candidates[STATUS_MAX_CANDIDATES];
+	size_t n_candidates;
 	struct status_attempt attempts[STATUS_MAX_ATTEMPTS];
 	size_t n_attempts;
 	bool key_in_cmdline; /* the key sat in /proc/cmdline, readable by stage 2 */
@@ -47,7 +59,13 @@ struct status {
 	bool refreshed;		    /* the image changed since the last boot */
 	bool seeded;		    /* bind mode copied store data this boot */
 	struct seed_stats seed;	    /* what that copy did, when seeded */
+	int seed_result;	    /* 0, or why it failed (-ENOSPC: /persist too small) */
 	char tpm2[128];		    /* "none", or the TPM found ("/dev/tpmrm0, manufacturer IBM") */
+	/* The TPM locked before stage 2: PCR tpm2_lock_pcr extended (no token bound to its boot
+	 * value unseals until reboot). tpm2_lock_result: 1 done, 0 no TPM, <0 an errno. */
+	int tpm2_lock_result;
+	unsigned tpm2_lock_pcr;
+	char tpm2_lock_detail[160];
 	char warnings[STATUS_MAX_WARNINGS][256];
 	size_t n_warnings;
 	struct status_step steps[STATUS_MAX_STEPS];
@@ -59,8 +77,11 @@ void status_init(struct status *st, const char *mode, uint64_t started_ms);
 void status_warn(struct status *st, const char *msg);
 void status_reason(struct status *st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Records an unlock attempt (dropped past STATUS_MAX_ATTEMPTS). */
-void status_attempt(struct status *st, const char *method, const char *source, int result,
-		    uint64_t ms, const char *detail);
+void status_attempt(struct status *st, const char *device, const char *method, const char *source,
+		    int result, uint64_t ms, const char *detail);
+/* Records a data-disk candidate (dropped past STATUS_MAX_CANDIDATES). */
+void status_candidate(struct status *st, const char *device, const char *type, const char *label,
+		      const char *verdict, const char *detail);
 void status_step(struct status *st, const char *name, uint64_t ms, int result);
 /* Pure: the status as JSON text; the caller frees it. */
 char *status_to_json(const struct status *st);

@@ -16,6 +16,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <nettle/pbkdf2.h>
+#include <nettle/sha1.h>
 #include <nettle/sha2.h>
 #include <stdio.h>
 #include <string.h>
@@ -559,6 +560,100 @@ int tpm2_unseal(const char *tcti, const struct tpm2_token *tok, const struct sec
 		if (r != -EAGAIN)
 			break;
 	}
+	tpm_close(&t);
+	return r;
+}
+
+/* The digest of data in the hash of one PCR bank (0: a bank we cannot compute). */
+static size_t bank_digest(TPMI_ALG_HASH alg, const void *data, size_t len, uint8_t *out)
+{
+	switch (alg) {
+	case TPM2_ALG_SHA1: {
+		struct sha1_ctx c;
+		sha1_init(&c);
+		sha1_update(&c, len, data);
+		sha1_digest(&c, SHA1_DIGEST_SIZE, out);
+		return SHA1_DIGEST_SIZE;
+	}
+	case TPM2_ALG_SHA256: {
+		struct sha256_ctx c;
+		sha256_init(&c);
+		sha256_update(&c, len, data);
+		sha256_digest(&c, SHA256_DIGEST_SIZE, out);
+		return SHA256_DIGEST_SIZE;
+	}
+	case TPM2_ALG_SHA384: {
+		struct sha384_ctx c;
+		sha384_init(&c);
+		sha384_update(&c, len, data);
+		sha384_digest(&c, SHA384_DIGEST_SIZE, out);
+		return SHA384_DIGEST_SIZE;
+	}
+	case TPM2_ALG_SHA512: {
+		struct sha512_ctx c;
+		sha512_init(&c);
+		sha512_update(&c, len, data);
+		sha512_digest(&c, SHA512_DIGEST_SIZE, out);
+		return SHA512_DIGEST_SIZE;
+	}
+	default:
+		return 0;
+	}
+}
+
+int tpm2_extend_pcr(const char *tcti, unsigned pcr, const char *event, char *why, size_t why_len)
+{
+	if (pcr >= TPM2_PCRS) {
+		snprintf(why, why_len, "PCR %u does not exist", pcr);
+		return -EINVAL;
+	}
+	struct tpm t;
+	int r = tpm_open(tcti, &t, why, why_len);
+	if (r < 0)
+		return r == -ENODEV ? 0 : r;
+	/* Every allocated bank that holds this PCR: a bank left alone would still unseal. */
+	TPMS_CAPABILITY_DATA *cap = NULL;
+	TSS2_RC rc = Esys_GetCapability(t.esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+					TPM2_CAP_PCRS, 0, 1, NULL, &cap);
+	if (rc != TSS2_RC_SUCCESS) {
+		r = tss_fail(rc, "reading the PCR banks", why, why_len);
+		goto out;
+	}
+	TPML_DIGEST_VALUES digests = {0};
+	char banks[64] = "";
+	const TPML_PCR_SELECTION *sel = &cap->data.assignedPCR;
+	for (uint32_t i = 0; i < sel->count && digests.count < TPM2_NUM_PCR_BANKS; i++) {
+		const TPMS_PCR_SELECTION *b = &sel->pcrSelections[i];
+		if (pcr / 8 >= b->sizeofSelect || !(b->pcrSelect[pcr / 8] & (1u << (pcr % 8))))
+			continue;
+		TPMT_HA *d = &digests.digests[digests.count];
+		if (!bank_digest(b->hash, event, strlen(event), (uint8_t *)&d->digest))
+			continue;
+		d->hashAlg = b->hash;
+		digests.count++;
+		size_t o = strlen(banks);
+		snprintf(banks + o, sizeof(banks) - o, "%s%s", o ? "+" : "",
+			 b->hash == TPM2_ALG_SHA1     ? "sha1"
+			 : b->hash == TPM2_ALG_SHA256 ? "sha256"
+			 : b->hash == TPM2_ALG_SHA384 ? "sha384"
+						      : "sha512");
+	}
+	if (digests.count == 0) {
+		snprintf(why, why_len,
+			 "the TPM has no bank with PCR %u that factory-init can extend", pcr);
+		r = -EOPNOTSUPP;
+		goto out;
+	}
+	rc = Esys_PCR_Extend(t.esys, ESYS_TR_PCR0 + pcr, ESYS_TR_PASSWORD, ESYS_TR_NONE,
+			     ESYS_TR_NONE, &digests);
+	if (rc != TSS2_RC_SUCCESS) {
+		r = tss_fail(rc, "extending the PCR", why, why_len);
+		goto out;
+	}
+	snprintf(why, why_len, "extended PCR %u (%s) with \"%s\"", pcr, banks, event);
+	r = 1;
+out:
+	Esys_Free(cap);
 	tpm_close(&t);
 	return r;
 }

@@ -43,6 +43,19 @@ int tpm2_wait_device(unsigned wait_ms);
 int tpm2_unseal(const char *tcti, const struct tpm2_token *t, const struct secret *pin,
 		struct secret *out, char *why, size_t why_len);
 
+/* The PCR stage 1 extends before stage 2 runs (systemd-cryptsetup's tpm2-measure-pcr= default):
+ * zero at power-on, so a token bound to "15:sha256=0..." unseals in stage 1 and never after. */
+#define TPM2_LOCK_PCR 15
+/* What is measured there: a constant, so a verifier can predict the PCR's value in stage 2. */
+#define TPM2_LOCK_EVENT "factory-init:leave-initrd"
+
+/*
+ * Extends pcr in every allocated bank with the digest of the text event (no secret: it is
+ * readable in the event). Returns 1 with what was done in why, 0 when there is no TPM, or a
+ * negative errno with why.
+ */
+int tpm2_extend_pcr(const char *tcti, unsigned pcr, const char *event, char *why, size_t why_len);
+
 /*
  * Seals a fresh random 32-byte secret to the TPM, bound to the PCRs of pcrs in the SHA-256 bank
  * (the values given there, else the current ones; the policy digest is computed in software), under

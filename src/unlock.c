@@ -100,6 +100,7 @@ struct chain {
 	const char *device;
 	struct crypt_device *cd;
 	const struct credentials *creds;
+	enum unlock_round round;
 	bool tried;	 /* some method had a key to try */
 	char why[384];	 /* the last failure, for the fallback reason */
 	const char *won; /* the method that opened the volume */
@@ -118,7 +119,7 @@ static int attempt_done(struct chain *c, const char *method, const char *source,
 		log_warn("%s%s%s did not unlock %s: %s", method, *source ? " from " : "", source,
 			 c->device, c->why);
 	}
-	status_attempt(c->st, method, source, r, ms, r >= 0 ? NULL : c->why);
+	status_attempt(c->st, c->device, method, source, r, ms, r >= 0 ? NULL : c->why);
 	return r;
 }
 
@@ -146,9 +147,27 @@ static int try_tpm2(struct chain *c)
 		uint64_t t0 = now_ms();
 		char source[32];
 		snprintf(source, sizeof(source), "token %d", id);
+		struct tpm2_token tok;
+		if ((r = tpm2_token_parse(json, &tok, c->why, sizeof(c->why))) < 0) {
+			if (c->round == UNLOCK_ROUND_QUIET)
+				attempt_done(c, "tpm2", source, r, t0);
+			continue;
+		}
+		/* A PIN token gets vm.luks.tries PIN prompts (the TPM counts each wrong PIN towards
+		 * its dictionary-attack lockout, as with systemd-cryptsetup's tries=); none for a
+		 * token tpm2_unseal will refuse anyway. */
+		bool ask = tok.pin && may_prompt(c) && !tpm2_token_unsupported(&tok);
+		/* A token that needs typing waits for the prompt round; the others are tried in
+		 * the quiet round, so no one is asked while a key that needs no one would do. */
+		if (ask != (c->round == UNLOCK_ROUND_PROMPT)) {
+			tpm2_token_free(&tok);
+			r = -ENOENT;
+			continue;
+		}
 		if (!waited) {
 			waited = true;
 			if (tpm2_wait_device(c->p->tpm2_timeout_s * 1000u) < 0) {
+				tpm2_token_free(&tok);
 				snprintf(
 				    c->why, sizeof(c->why),
 				    "no TPM2 device appeared within %u s (vm.luks.tpm2.timeout)",
@@ -156,15 +175,6 @@ static int try_tpm2(struct chain *c)
 				return attempt_done(c, "tpm2", source, -ENODEV, t0);
 			}
 		}
-		struct tpm2_token tok;
-		if ((r = tpm2_token_parse(json, &tok, c->why, sizeof(c->why))) < 0) {
-			attempt_done(c, "tpm2", source, r, t0);
-			continue;
-		}
-		/* A PIN token gets vm.luks.tries PIN prompts (the TPM counts each wrong PIN towards
-		 * its dictionary-attack lockout, as with systemd-cryptsetup's tries=); none for a
-		 * token tpm2_unseal will refuse anyway. */
-		bool ask = tok.pin && may_prompt(c) && !tpm2_token_unsupported(&tok);
 		unsigned tries = ask ? c->p->luks_tries : 1;
 		for (unsigned i = 1; i <= tries; i++) {
 			_cleanup_secret_ struct secret pin = {0};
@@ -276,16 +286,22 @@ static int try_passphrase(struct chain *c)
 }
 
 int unlock_run(const struct plan *p, struct status *st, const char *device,
-	       const struct credentials *creds)
+	       const struct credentials *creds, enum unlock_round round, bool *tried, char *why,
+	       size_t why_len)
 {
-	struct chain c = {.p = p, .st = st, .device = device, .creds = creds};
+	struct chain c = {.p = p, .st = st, .device = device, .creds = creds, .round = round};
 	int r = unlock_load(device, &c.cd, c.why, sizeof(c.why));
 	if (r < 0) {
-		status_reason(st, "%s", c.why);
+		snprintf(why, why_len, "%s", c.why);
 		return r;
 	}
 	for (size_t i = 0; i < p->n_methods && !c.won; i++) {
-		switch (p->methods[i]) {
+		enum unlock_method m = p->methods[i];
+		/* The quiet round runs what needs no one at the console; the prompt round what
+		 * does (the passphrase, and TPM2 tokens with a PIN, picked in try_tpm2). */
+		if ((m == UNLOCK_PASSPHRASE) != (round == UNLOCK_ROUND_PROMPT) && m != UNLOCK_TPM2)
+			continue;
+		switch (m) {
 		case UNLOCK_TPM2:
 			r = try_tpm2(&c);
 			break;
@@ -309,30 +325,36 @@ int unlock_run(const struct plan *p, struct status *st, const char *device,
 			break;
 	}
 	unlock_free(&c.cd);
+	*tried = *tried || c.tried;
 	if (c.won) {
 		strscpy(st->unlock, c.won, sizeof(st->unlock));
 		return 0;
 	}
+	snprintf(why, why_len, "%s", c.why);
+	return r < 0 ? r : -ENOKEY;
+}
+
+void unlock_reason(const struct plan *p, const struct status *st, const char *devices, bool tried,
+		   char *out, size_t out_len)
+{
 	char methods[96] = "";
 	for (size_t i = 0, o = 0; i < p->n_methods && o < sizeof(methods); i++)
 		o += (size_t)snprintf(methods + o, sizeof(methods) - o, "%s%s", i ? "," : "",
 				      unlock_method_name(p->methods[i]));
-	if (!c.tried) {
-		status_reason(st,
-			      "%s is LUKS-encrypted and none of the unlock methods (%s) had a key",
-			      device, methods);
-	} else {
-		/* Every attempt's reason, so the one line says exactly why. */
-		char all[sizeof(st->reason)];
-		size_t o = (size_t)snprintf(all, sizeof(all), "could not unlock %s (%s):", device,
-					    methods);
-		for (size_t i = 0; i < st->n_attempts && o < sizeof(all); i++)
-			o += (size_t)snprintf(
-			    all + o, sizeof(all) - o, "%s %s%s%s%s: %s", i ? ";" : "",
-			    st->attempts[i].method, *st->attempts[i].source ? " (" : "",
-			    st->attempts[i].source, *st->attempts[i].source ? ")" : "",
-			    st->attempts[i].detail);
-		status_reason(st, "%s", all);
+	if (!tried) {
+		snprintf(out, out_len,
+			 "%s is LUKS-encrypted and none of the unlock methods (%s) had a key",
+			 devices, methods);
+		return;
 	}
-	return r < 0 ? r : -ENOKEY;
+	/* Every attempt's reason, so the one line says exactly why. */
+	size_t o = (size_t)snprintf(out, out_len, "could not unlock %s (%s):", devices, methods);
+	bool several = strchr(devices, ',') != NULL;
+	for (size_t i = 0; i < st->n_attempts && o < out_len; i++) {
+		const struct status_attempt *a = &st->attempts[i];
+		o += (size_t)snprintf(out + o, out_len - o, "%s %s%s%s%s%s%s: %s", i ? ";" : "",
+				      several ? a->device : "", several ? " " : "", a->method,
+				      *a->source ? " (" : "", a->source, *a->source ? ")" : "",
+				      a->detail);
+	}
 }

@@ -47,11 +47,24 @@ struct plan;
 struct status;
 struct credentials;
 
+/* Which methods a pass of unlock_run runs. */
+enum unlock_round {
+	UNLOCK_ROUND_QUIET,  /* those that need no one at the console */
+	UNLOCK_ROUND_PROMPT, /* the passphrase prompt, and TPM2 tokens with a PIN */
+};
+
 /*
- * Tries the plan's unlock methods in order (vm.luks=, default tpm2, credential, key, keyfile,
- * passphrase) until one opens device as /dev/mapper/PERSIST_DM_NAME. Each method that does not
- * apply is skipped; each attempt is logged and recorded in st->attempts; st->unlock names the
- * winner. Returns 0, or a negative errno with the reason in st->reason.
+ * Tries the plan's unlock methods of this round in order (vm.luks=, default tpm2, credential,
+ * key, keyfile, passphrase) until one opens device as /dev/mapper/PERSIST_DM_NAME. Each method
+ * that does not apply is skipped; each attempt is logged and recorded in st->attempts; st->unlock
+ * names the winner. *tried is set when some method had a key to try. Returns 0, or a negative
+ * errno with the last failure in why.
  */
 int unlock_run(const struct plan *p, struct status *st, const char *device,
-	       const struct credentials *creds);
+	       const struct credentials *creds, enum unlock_round round, bool *tried, char *why,
+	       size_t why_len);
+
+/* The fallback reason when none of devices ("/dev/vdb, /dev/vdc") opened: every attempt's reason
+ * in one line. */
+void unlock_reason(const struct plan *p, const struct status *st, const char *devices, bool tried,
+		   char *out, size_t out_len);

@@ -22,7 +22,7 @@ let
 
   # Keys factory-init reads for itself; set them through the options, not embeddedConfig.
   controlKeys = [
-    "persist" "persist.timeout" "persist.options" "store" "luks" "luks.keyfile" "luks.tries"
+    "persist" "persist.timeout" "persist.options" "persist.encrypted" "store" "luks" "luks.keyfile" "luks.tries"
     "luks.timeout" "luks.tpm2.timeout"
   ];
 
@@ -35,6 +35,7 @@ let
   control = lib.filterAttrs (_: v: v != null) {
     persist = cfg.device;
     "persist.timeout" = toString cfg.timeout;
+    "persist.encrypted" = cfg.encrypted;
     "persist.options" =
       if extraMountOptions == [ ] then null else lib.concatStringsSep "," extraMountOptions;
     store = cfg.storeMode;
@@ -80,8 +81,19 @@ in
       default = "auto";
       example = "LABEL=persist";
       description = ''
-        The data disk (`vm.persist=`): `auto` picks the first LUKS or Btrfs volume labelled
-        `persist`, else /dev/vdb; or a /dev path, `LABEL=`, `UUID=`, `PARTUUID=`, `PARTLABEL=`.
+        The data disk (`vm.persist=`): `auto` names every LUKS or Btrfs volume labelled
+        `persist` (else /dev/vdb), tried until one opens; or a /dev path, `LABEL=`, `UUID=`,
+        `PARTUUID=`, `PARTLABEL=`.
+      '';
+    };
+
+    encrypted = mkOption {
+      type = types.enum [ "auto" "yes" "no" ];
+      default = "auto";
+      description = ''
+        Must the data disk be LUKS2 (`vm.persist.encrypted=`)? `auto`: yes when `device` is
+        `auto` (a label is easy to forge on a disk a stranger attaches), no for a named disk.
+        `no` lets an unencrypted Btrfs become /persist under `auto` too.
       '';
     };
 

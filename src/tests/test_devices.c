@@ -91,10 +91,67 @@ static void test_needs_partitions(void **state)
 	assert_false(devices_spec_needs_partitions(&s));
 }
 
+/* The data disk is a decision over every candidate: none is picked by name order alone. */
+static void test_candidates(void **state)
+{
+	(void)state;
+	struct dev_spec auto_spec = {PERSIST_AUTO, NULL, 0};
+	struct persist_candidates c;
+	/* A stranger's plain Btrfs labelled "persist" beside the real LUKS volume. */
+	struct blockdev devs[] = {
+	    dev("/dev/vdb", "btrfs", "persist", "u2"),
+	    dev("/dev/vdc", "crypto_LUKS", "persist", "u3"),
+	    dev("/dev/vdd", "ext4", "persist", "u4"),
+	};
+	assert_int_equal(devices_candidates(&auto_spec, true, devs, 3, &c), 1);
+	assert_int_equal(c.n, 2); /* ext4 is not named by auto at all */
+	assert_string_equal(c.c[0].dev.devname, "/dev/vdc");
+	assert_int_equal(c.c[0].verdict, CAND_TRY);
+	assert_string_equal(c.c[1].dev.devname, "/dev/vdb");
+	assert_int_equal(c.c[1].verdict, CAND_REFUSED);
+	assert_non_null(strstr(c.c[1].detail, "unencrypted"));
+	assert_non_null(strstr(c.c[1].detail, "vm.persist.encrypted=no"));
+	/* Allowed: LUKS still first, then the plain one. */
+	assert_int_equal(devices_candidates(&auto_spec, false, devs, 3, &c), 2);
+	assert_string_equal(c.c[0].dev.devname, "/dev/vdc");
+	assert_string_equal(c.c[1].dev.devname, "/dev/vdb");
+	assert_string_equal(cand_verdict_name(c.c[1].verdict), "try");
+	/* Two LUKS volumes: both tried, by device name, whatever the scan order. */
+	struct blockdev two[] = {dev("/dev/vdd", "crypto_LUKS", "persist", "a"),
+				 dev("/dev/vdc", "crypto_LUKS", "persist", "b")};
+	assert_int_equal(devices_candidates(&auto_spec, true, two, 2, &c), 2);
+	assert_string_equal(c.c[0].dev.devname, "/dev/vdc");
+	assert_string_equal(c.c[1].dev.devname, "/dev/vdd");
+	/* No labelled volume: /dev/vdb whatever it holds; refused unless LUKS (or allowed). */
+	struct blockdev plain[] = {dev("/dev/vdb", "btrfs", "", "p"), dev("/dev/vdc", "", "", "")};
+	assert_int_equal(devices_candidates(&auto_spec, true, plain, 2, &c), 0);
+	assert_int_equal(c.n, 1);
+	assert_int_equal(c.c[0].verdict, CAND_REFUSED);
+	assert_int_equal(devices_candidates(&auto_spec, false, plain, 2, &c), 1);
+	struct blockdev blank[] = {dev("/dev/vdb", "", "", "")};
+	assert_int_equal(devices_candidates(&auto_spec, false, blank, 1, &c), 0);
+	assert_string_equal(c.c[0].detail,
+			    "holds no recognisable signature, not LUKS or Btrfs; left untouched");
+	assert_int_equal(devices_candidates(&auto_spec, true, devs, 0, &c), 0);
+	assert_int_equal(c.n, 0);
+	/* A named plain volume is the user's choice; a label spec names every volume with it. */
+	struct dev_spec path = {PERSIST_PATH, "/dev/vdb", 0};
+	assert_int_equal(devices_candidates(&path, false, devs, 3, &c), 1);
+	assert_int_equal(c.n, 1);
+	assert_int_equal(devices_candidates(&path, true, devs, 3, &c), 0);
+	assert_non_null(strstr(c.c[0].detail, "vm.persist.encrypted=yes"));
+	struct dev_spec label = {PERSIST_TAG, "LABEL=persist", 0};
+	assert_int_equal(devices_candidates(&label, false, devs, 3, &c), 2);
+	assert_int_equal(c.n, 3);
+	assert_string_equal(c.c[2].dev.devname, "/dev/vdd");
+	assert_int_equal(c.c[2].verdict, CAND_REFUSED);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_auto),
+	    cmocka_unit_test(test_candidates),
 	    cmocka_unit_test(test_path_and_tags),
 	    cmocka_unit_test(test_needs_partitions),
 	};

@@ -300,6 +300,115 @@ static void test_plan_json(void **state)
 	plan_free(&p);
 }
 
+/* n malformed keys (vm.bad!0 ... vm.bad!<n-1>), each worth a warning. */
+static void build_malformed(size_t n, struct plan *p)
+{
+	char line[4096];
+	size_t o = 0;
+	for (size_t i = 0; i < n; i++)
+		o += (size_t)snprintf(line + o, sizeof(line) - o, "vm.bad!%zu=1 ", i);
+	assert_true(o < sizeof(line));
+	assert_int_equal(plan_build(line, NULL, p), 0);
+}
+
+static void test_warnings_capped(void **state)
+{
+	(void)state;
+	struct plan p;
+	char want[64];
+	/* 45 warnings: 31 named, then one line for the other 14. */
+	build_malformed(45, &p);
+	assert_int_equal(p.n_warnings, PLAN_MAX_WARNINGS);
+	assert_int_equal(p.n_warnings_dropped, 14);
+	for (size_t i = 0; i < PLAN_MAX_WARNINGS - 1; i++) {
+		snprintf(want, sizeof(want), "vm.bad!%zu ", i);
+		assert_non_null(strstr(p.warnings[i], want));
+	}
+	assert_string_equal(p.warnings[PLAN_MAX_WARNINGS - 1], "… and 14 more warnings");
+	plan_free(&p);
+
+	/* Exactly the cap: every one named. */
+	build_malformed(PLAN_MAX_WARNINGS, &p);
+	assert_int_equal(p.n_warnings, PLAN_MAX_WARNINGS);
+	assert_int_equal(p.n_warnings_dropped, 0);
+	snprintf(want, sizeof(want), "vm.bad!%d ", PLAN_MAX_WARNINGS - 1);
+	assert_non_null(strstr(p.warnings[PLAN_MAX_WARNINGS - 1], want));
+	plan_free(&p);
+
+	/* One past it: the last slot counts two. */
+	build_malformed(PLAN_MAX_WARNINGS + 1, &p);
+	assert_int_equal(p.n_warnings_dropped, 2);
+	assert_string_equal(p.warnings[PLAN_MAX_WARNINGS - 1], "… and 2 more warnings");
+	char *text = plan_to_json(&p);
+	struct json_object *o = json_tokener_parse(text);
+	struct json_object *w = json_object_object_get(o, "warnings");
+	assert_int_equal(json_object_array_length(w), PLAN_MAX_WARNINGS);
+	assert_string_equal(
+	    json_object_get_string(json_object_array_get_idx(w, PLAN_MAX_WARNINGS - 1)),
+	    "… and 2 more warnings");
+	json_object_put(o);
+	free(text);
+	plan_free(&p);
+}
+
+/* Must the data disk be LUKS? A decision in the plan, from the spec and vm.persist.encrypted. */
+static void test_persist_encrypted(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *cmdline;
+		bool require;
+	} cases[] = {
+	    {"", true},
+	    {"vm.persist=auto", true},
+	    {"vm.persist.encrypted=no", false},
+	    {"vm.persist.encrypted=0", false},
+	    {"vm.persist=/dev/vdb", false},
+	    {"vm.persist=LABEL=persist", false},
+	    {"vm.persist=UUID=1234 vm.persist.encrypted=yes", true},
+	    {"vm.persist=/dev/vdb vm.persist.encrypted=auto", false},
+	    {"vm.persist.encrypted=maybe", true}, /* malformed: warned about, default kept */
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct plan p;
+		assert_int_equal(plan_build(cases[i].cmdline, NULL, &p), 0);
+		if (p.persist_require_luks != cases[i].require)
+			fail_msg("%s: require_luks %d", cases[i].cmdline, p.persist_require_luks);
+		if (strstr(cases[i].cmdline, "maybe"))
+			assert_int_equal(p.n_warnings, 1);
+		plan_free(&p);
+	}
+	/* The embedded config may set it; the command line wins. */
+	struct plan p;
+	assert_int_equal(plan_build("", "{\"persist.encrypted\": \"no\"}", &p), 0);
+	assert_false(p.persist_require_luks);
+	plan_free(&p);
+	assert_int_equal(
+	    plan_build("vm.persist.encrypted=yes", "{\"persist.encrypted\": \"no\"}", &p), 0);
+	assert_true(p.persist_require_luks);
+	plan_free(&p);
+}
+
+/* A key credential given on the command line is as readable there as vm.luks.key=. */
+static void test_key_in_cmdline(void **state)
+{
+	(void)state;
+	struct plan p;
+	assert_int_equal(plan_build("systemd.set_credential=vm.luks.key:SECRET1", NULL, &p), 0);
+	assert_true(p.key_in_cmdline);
+	char *json = plan_to_json(&p);
+	assert_null(strstr(json, "SECRET1"));
+	assert_non_null(strstr(json, "\"key_on_cmdline\": true"));
+	free(json);
+	plan_free(&p);
+	assert_int_equal(plan_build("systemd.set_credential=vm.hostname:web-1", NULL, &p), 0);
+	assert_false(p.key_in_cmdline);
+	plan_free(&p);
+	assert_int_equal(plan_build("systemd.import_credentials=0 vm.luks.key=K", NULL, &p), 0);
+	assert_true(p.key_in_cmdline);
+	plan_free(&p);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -314,6 +423,9 @@ int main(void)
 	    cmocka_unit_test(test_unlock_methods),
 	    cmocka_unit_test(test_cmdline_credentials),
 	    cmocka_unit_test(test_plan_json),
+	    cmocka_unit_test(test_warnings_capped),
+	    cmocka_unit_test(test_persist_encrypted),
+	    cmocka_unit_test(test_key_in_cmdline),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
