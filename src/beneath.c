@@ -160,32 +160,7 @@ int beneath_read(int dirfd, const char *rel, size_t max, char **out, size_t *out
 	struct stat again;
 	if (fstat(fd, &again) < 0 || again.st_ino != st.st_ino || again.st_dev != st.st_dev)
 		return -ESTALE;
-	char *buf = malloc(max + 1);
-	if (!buf)
-		return -ENOMEM;
-	size_t len = 0;
-	for (;;) {
-		ssize_t n = read(fd, buf + len, max + 1 - len);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			int r = -errno;
-			free(buf);
-			return r;
-		}
-		if (n == 0)
-			break;
-		len += (size_t)n;
-		if (len > max) {
-			free(buf);
-			return -EFBIG;
-		}
-	}
-	buf[len] = '\0';
-	*out = buf;
-	if (out_len)
-		*out_len = len;
-	return 0;
+	return read_fd(fd, max, out, out_len);
 }
 
 int beneath_mkdirs(int dirfd, const char *rel, mode_t mode)

@@ -310,9 +310,7 @@ void value_preview(const char *value, char *out, size_t out_len)
 	out[o] = '\0';
 }
 
-static void warnf(config_warn_fn warn, void *ctx, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void warnf(config_warn_fn warn, void *ctx, const char *fmt, ...)
+void config_warnf(config_warn_fn warn, void *ctx, const char *fmt, ...)
 {
 	char msg[512];
 	va_list ap;
@@ -332,12 +330,12 @@ int config_layer_from_json(const char *text, const char *origin, struct json_obj
 	enum json_tokener_error jerr;
 	struct json_object *root = json_tokener_parse_verbose(text, &jerr);
 	if (!root) {
-		warnf(warn, ctx, "%s: not valid JSON (%s); ignoring it", origin,
-		      json_tokener_error_desc(jerr));
+		config_warnf(warn, ctx, "%s: not valid JSON (%s); ignoring it", origin,
+			     json_tokener_error_desc(jerr));
 		return -EBADMSG;
 	}
 	if (!json_object_is_type(root, json_type_object)) {
-		warnf(warn, ctx, "%s: not a JSON object; ignoring it", origin);
+		config_warnf(warn, ctx, "%s: not a JSON object; ignoring it", origin);
 		json_object_put(root);
 		return -EBADMSG;
 	}
@@ -356,11 +354,11 @@ int config_layer_from_json(const char *text, const char *origin, struct json_obj
 		enum vm_key_kind kind;
 		value_preview(name, shown, sizeof(shown));
 		if (vm_key_kind(name, &kind, why, sizeof(why)) < 0) {
-			warnf(warn, ctx, "%s: vm.%s %s; ignored", origin, shown, why);
+			config_warnf(warn, ctx, "%s: vm.%s %s; ignored", origin, shown, why);
 			continue;
 		}
 		if (kind == VM_KEY_SECRET) {
-			warnf(
+			config_warnf(
 			    warn, ctx,
 			    "%s: vm.%s holds key material, which does not belong in a config file "
 			    "(use vm.luks.keyfile); ignored",
@@ -368,13 +366,15 @@ int config_layer_from_json(const char *text, const char *origin, struct json_obj
 			continue;
 		}
 		if ((kind == VM_KEY_CONTROL || kind == VM_KEY_FLAG) && !ctl) {
-			warnf(warn, ctx, "%s: vm.%s cannot be set here; ignored", origin, name);
+			config_warnf(warn, ctx, "%s: vm.%s cannot be set here; ignored", origin,
+				     name);
 			continue;
 		}
 		enum json_type t = json_object_get_type(val);
 		if (t != json_type_string && t != json_type_int && t != json_type_boolean) {
-			warnf(warn, ctx, "%s: vm.%s must be a string, number or boolean; ignored",
-			      origin, name);
+			config_warnf(warn, ctx,
+				     "%s: vm.%s must be a string, number or boolean; ignored",
+				     origin, name);
 			continue;
 		}
 		const char *sval = json_object_get_string(val);
@@ -383,7 +383,8 @@ int config_layer_from_json(const char *text, const char *origin, struct json_obj
 		if (vm_key_check(name, sval, why, sizeof(why)) < 0) {
 			char vshown[96];
 			value_preview(sval, vshown, sizeof(vshown));
-			warnf(warn, ctx, "%s: vm.%s=\"%s\" %s; ignored", origin, name, vshown, why);
+			config_warnf(warn, ctx, "%s: vm.%s=\"%s\" %s; ignored", origin, name,
+				     vshown, why);
 			continue;
 		}
 		struct json_object *dst = kind == VM_KEY_CONFIG ? layer : ctl;

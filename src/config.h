@@ -64,6 +64,9 @@ void value_preview(const char *value, char *out, size_t out_len);
  * when the text is not a JSON object (then *out is NULL).
  */
 typedef void (*config_warn_fn)(void *ctx, const char *message);
+/* Formats a warning and hands it to warn (when not NULL). */
+void config_warnf(config_warn_fn warn, void *ctx, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 int config_layer_from_json(const char *text, const char *origin, struct json_object **out,
 			   struct json_object **control, config_warn_fn warn, void *ctx);
 

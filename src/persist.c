@@ -2,11 +2,11 @@
 #define _GNU_SOURCE
 #include "persist.h"
 #include "beneath.h"
+#include "config.h"
 #include "seed.h"
 #include "util.h"
 
 #include <errno.h>
-#include <stdarg.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
@@ -64,42 +64,30 @@ int persist_move_aside(int dirfd, const char *rel, char *moved_to, size_t moved_
 	return -EEXIST;
 }
 
-static void warnf(persist_warn_fn warn, void *ctx, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void warnf(persist_warn_fn warn, void *ctx, const char *fmt, ...)
-{
-	char msg[512];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-	if (warn)
-		warn(ctx, msg);
-}
-
 /* Moves rel aside with a warning saying what it was; returns 1, or a negative errno. */
-static int aside(int dirfd, const char *rel, const char *what, persist_warn_fn warn, void *ctx)
+static int aside(int dirfd, const char *rel, const char *what, config_warn_fn warn, void *ctx)
 {
 	char moved[4400];
 	int r = persist_move_aside(dirfd, rel, moved, sizeof(moved));
 	if (r < 0) {
-		warnf(warn, ctx, "/persist/%s is %s, and it cannot be moved aside: %s", rel, what,
-		      strerror(-r));
+		config_warnf(warn, ctx, "/persist/%s is %s, and it cannot be moved aside: %s", rel,
+			     what, strerror(-r));
 		return r;
 	}
-	warnf(warn, ctx, "/persist/%s was %s; moved it to /persist/%s (not followed, not read)",
-	      rel, what, moved);
+	config_warnf(warn, ctx,
+		     "/persist/%s was %s; moved it to /persist/%s (not followed, not read)", rel,
+		     what, moved);
 	return 1;
 }
 
-static int check_dir(int dirfd, const char *rel, persist_warn_fn warn, void *ctx)
+static int check_dir(int dirfd, const char *rel, config_warn_fn warn, void *ctx)
 {
 	struct stat st;
 	int r = beneath_lstat(dirfd, rel, &st);
 	if (r == -ENOENT)
 		return 0;
 	if (r < 0) {
-		warnf(warn, ctx, "cannot check /persist/%s: %s", rel, strerror(-r));
+		config_warnf(warn, ctx, "cannot check /persist/%s: %s", rel, strerror(-r));
 		return r;
 	}
 	if (S_ISDIR(st.st_mode))
@@ -109,7 +97,7 @@ static int check_dir(int dirfd, const char *rel, persist_warn_fn warn, void *ctx
 	return aside(dirfd, rel, what, warn, ctx);
 }
 
-static int check_marker(int dirfd, const char *rel, persist_warn_fn warn, void *ctx)
+static int check_marker(int dirfd, const char *rel, config_warn_fn warn, void *ctx)
 {
 	char id[128];
 	struct stat st;
@@ -126,11 +114,11 @@ static int check_marker(int dirfd, const char *rel, persist_warn_fn warn, void *
 			 beneath_type_name(st.st_mode));
 		return aside(dirfd, rel, what, warn, ctx);
 	}
-	warnf(warn, ctx, "cannot read /persist/%s: %s", rel, strerror(-r));
+	config_warnf(warn, ctx, "cannot read /persist/%s: %s", rel, strerror(-r));
 	return r;
 }
 
-int persist_check_tree(int persist_fd, persist_warn_fn warn, void *ctx)
+int persist_check_tree(int persist_fd, config_warn_fn warn, void *ctx)
 {
 	/* Parents before children: once a parent is a real directory, its children are checked
 	 * through it. */

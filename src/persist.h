@@ -12,8 +12,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-/* Called once per problem found, with a message naming the path as "/persist/REL". */
-typedef void (*persist_warn_fn)(void *ctx, const char *message);
+#include "config.h"
 
 /* Largest /persist/config.json stage 1 reads. */
 #define PERSIST_CONFIG_MAX (64 * 1024)
@@ -24,10 +23,11 @@ typedef void (*persist_warn_fn)(void *ctx, const char *message);
  * Checks the paths stage 1 owns beneath persist_fd (the directories nix, nix/upper, nix/work,
  * nix/upper/store, nix/store and .nix-staging; the markers; config.json): a directory path that
  * is something else, or a marker that is not a regular file holding a valid identity, is renamed
- * to NAME.bad (NAME.bad.N when taken), with a warning. Returns how many it moved, or a negative
- * errno when one could not be moved (the caller then must not use that store mode).
+ * to NAME.bad (NAME.bad.N when taken), with a warning naming the path as "/persist/REL". Returns
+ * how many it moved, or a negative errno when one could not be moved (the caller then must not use
+ * that store mode).
  */
-int persist_check_tree(int persist_fd, persist_warn_fn warn, void *ctx);
+int persist_check_tree(int persist_fd, config_warn_fn warn, void *ctx);
 
 /*
  * Renames rel beneath dirfd to rel.bad (rel.bad.1, ... when taken). Fills moved_to (the new

@@ -109,6 +109,11 @@ int read_file(const char *path, size_t max, char **out, size_t *out_len)
 	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
+	return read_fd(fd, max, out, out_len);
+}
+
+int read_fd(int fd, size_t max, char **out, size_t *out_len)
+{
 	size_t cap = 4096, len = 0;
 	char *buf = malloc(cap);
 	if (!buf)

@@ -60,6 +60,8 @@ void free_wiped(char *s);
 
 /* Reads a whole file into a NUL-terminated buffer (at most max bytes). */
 int read_file(const char *path, size_t max, char **out, size_t *out_len);
+/* The same from an open fd, to its end. */
+int read_fd(int fd, size_t max, char **out, size_t *out_len);
 /* fsync(2) of a directory, so the entries made or renamed in it are durable. */
 int fsync_dir(const char *path);
 /*
