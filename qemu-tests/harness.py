@@ -159,6 +159,14 @@ class BootResult:
     interactions:   the ``interact`` steps that fired, in order (a list of
                     :class:`Interaction`; shorter than ``interact`` if a
                     pattern never showed).
+    types:          {path: (kind, mode, uid, gid)} from ``@@TYPE`` (what the
+                    path is, links not followed: kind is file, dir, symlink,
+                    fifo, char, block, socket or other; mode in octal text).
+    listings:       {dir: [names]} from ``@@LS`` (/persist, /persist/nix).
+    hook_started:   ``@@HOOK start`` was seen (see :func:`stage2_hook`).
+    hook_output:    the hook's output lines (``@@HOOK| ``), in order.
+    hook_rc:        the hook's exit status, or None (no hook, or it never
+                    finished).
     """
     name: str
     raw: str = ""
@@ -180,6 +188,11 @@ class BootResult:
     stderr: str = ""
     interactions: List[Interaction] = field(default_factory=list)
     killed: bool = False         # kill_when fired: QEMU was killed (a power cut)
+    types: Dict[str, Tuple[str, str, str, str]] = field(default_factory=dict)
+    listings: Dict[str, List[str]] = field(default_factory=dict)
+    hook_started: bool = False
+    hook_output: List[str] = field(default_factory=list)
+    hook_rc: Optional[int] = None
 
     # -- helpers for assertions -------------------------------------------
     @property
@@ -261,6 +274,24 @@ def parse_console(text: str, result: BootResult) -> BootResult:
                 result.marker_write_failed = True
         elif tag == "KMSG":
             result.kmsg.append(rest)
+        elif tag == "HOOK|":
+            result.hook_output.append(rest)
+        elif tag == "HOOK":
+            if rest == "start":
+                result.hook_started = True
+            elif rest.startswith("rc="):
+                try:
+                    result.hook_rc = int(rest[3:])
+                except ValueError:
+                    pass
+        elif tag == "TYPE":
+            f = rest.split()
+            if len(f) == 5:
+                result.types[f[4]] = tuple(f[:4])
+        elif tag == "LS":
+            d, _, names = rest.partition(" ")
+            if d:
+                result.listings[d] = names.split()
         elif tag == "DONE":
             result.done = True
     if current is not None:      # truncated block: keep what arrived
@@ -749,6 +780,48 @@ def fwcfg_credential(name: str, value: Union[str, bytes], outdir: str,
     with open(path, "wb") as f:
         f.write(value.encode() if isinstance(value, str) else value)
     return ["-fw_cfg", f"name={key},file={_qemu_opt(path)}"]
+
+
+# ---- stage-2 hook ------------------------------------------------------------
+
+FW_CFG_HOOK = "opt/factory-test/stage2"
+FW_CFG_HOOK_BIN = "opt/factory-test/bin"
+
+
+def stage2_hook(script: str, outdir: str, name: str,
+                binary: Optional[str] = None) -> List[str]:
+    """QEMU args handing the stage-2 reporter a shell script to run (as root).
+
+    SCRIPT is written to OUTDIR/NAME.hook.sh and passed in fw_cfg as
+    ``opt/factory-test/stage2``.  The reporter (stage2-reporter.sh) runs it
+    with ``sh`` after its ``@@LS`` lines (so everything it reports shows the
+    state stage 1 left) and before ``@@PCR``, prints ``@@HOOK start``, each
+    output line (stdout and stderr) as ``@@HOOK| <line>``, then ``@@HOOK
+    rc=<status>``, and syncs: what the hook plants on /persist is what the
+    next boot's stage 1 finds.  Parsed into ``result.hook_started``,
+    ``result.hook_output`` and ``result.hook_rc``.  With BINARY, that file
+    goes in as one more (last, read-only) virtio disk, since reading
+    megabytes through fw_cfg takes minutes under TCG, and its size as
+    ``opt/factory-test/bin-size``; the reporter copies it from the disk that
+    starts with an ELF header and the hook finds it, executable, at
+    ``$FI_BIN`` (/run/fi-bin).  Needs the qemu_fw_cfg module, which
+    factory-init loads in stage 1.
+    """
+    os.makedirs(outdir, exist_ok=True)
+    path = os.path.abspath(os.path.join(outdir, f"{name}.hook.sh"))
+    with open(path, "w") as f:
+        f.write(script)
+    args = ["-fw_cfg", f"name={FW_CFG_HOOK},file={_qemu_opt(path)}"]
+    if binary:
+        img = os.path.abspath(os.path.join(outdir, f"{name}.bin.img"))
+        with open(binary, "rb") as f:
+            data = f.read()
+        with open(img, "wb") as f:
+            f.write(data + b"\0" * (-len(data) % 512))
+        args += ["-fw_cfg", f"name={FW_CFG_HOOK_BIN}-size,string={len(data)}",
+                 "-drive", f"file={_qemu_opt(img)},format=raw,if=none,id=hookbin,readonly=on",
+                 "-device", "virtio-blk-pci,drive=hookbin"]
+    return args
 
 
 def main(argv=None) -> int:

@@ -18,6 +18,12 @@
 #   btrfs.img    256 MiB plain Btrfs, label "persist" (sparse).
 #   test.key     the LUKS passphrase: 32 random printable characters, no
 #                newline (only when --key is not given; kept if present).
+#   luks-other.img  a stranger's data disk: built like luks.img (label "persist",
+#                Btrfs "persist" inside) but with another key, other.key (made like
+#                test.key), and a /config.json pointing at evil.example.org.
+#   attacker.img 256 MiB plain Btrfs labelled "persist" (no LUKS) whose root holds a
+#                config.json (repo evil.example.org, hostname "pwned") and
+#                nix/upper/store/evil-marker: what anyone can plug in.
 # Each image is rebuilt only when its inputs (this script, the reporter,
 # busybox, the key) or the image itself changed since it was built; the
 # record is kept in OUTDIR/.stamps/.  Tests must not write to these images
@@ -175,26 +181,75 @@ fi
 [ -s "$key" ] || { echo "mkdisks.sh: key file $key is empty" >&2; exit 1; }
 key=$(cd "$(dirname "$key")" && pwd)/$(basename "$key")
 
+# build_luks IMG KEY [ROOTDIR]: 256 MiB LUKS2 "persist" holding a Btrfs "persist" (with
+# ROOTDIR's files when given).
+build_luks() {
+    tmpimg=$out/$1.tmp
+    rm -f "$out/$1" "$tmpimg"
+    truncate -s 256M "$tmpimg"
+    # The file system must end before the last 32 MiB: reencrypt shifts the
+    # data by the LUKS2 header and gives up --reduce-device-size at the end.
+    if [ $# -ge 3 ]; then
+        mkfs.btrfs -q -f -L persist -b 224M --rootdir "$3" "$tmpimg" >/dev/null 2>&1 ||
+            mkfs.btrfs -f -L persist -b 224M --rootdir "$3" "$tmpimg"
+    else
+        mkfs.btrfs -q -f -L persist -b 224M "$tmpimg" >/dev/null 2>&1 ||
+            mkfs.btrfs -f -L persist -b 224M "$tmpimg"
+    fi
+    cryptsetup reencrypt --batch-mode --encrypt --type luks2 \
+        --reduce-device-size 32M --label persist \
+        --cipher aes-xts-plain64 --key-size 512 \
+        --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --hash sha256 \
+        --key-file "$2" "$tmpimg"
+    cryptsetup open --test-passphrase --key-file "$2" "$tmpimg"
+    mv "$tmpimg" "$out/$1"
+}
+
 h=$(inputs_hash "$key")
 if fresh luks.img "$h"; then
     say "luks.img up to date"
 else
     say "building luks.img"
-    tmpimg=$out/luks.img.tmp
-    rm -f "$out/luks.img" "$tmpimg"
-    truncate -s 256M "$tmpimg"
-    # The file system must end before the last 32 MiB: reencrypt shifts the
-    # data by the LUKS2 header and gives up --reduce-device-size at the end.
-    mkfs.btrfs -q -f -L persist -b 224M "$tmpimg" >/dev/null 2>&1 ||
-        mkfs.btrfs -f -L persist -b 224M "$tmpimg"
-    cryptsetup reencrypt --batch-mode --encrypt --type luks2 \
-        --reduce-device-size 32M --label persist \
-        --cipher aes-xts-plain64 --key-size 512 \
-        --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --hash sha256 \
-        --key-file "$key" "$tmpimg"
-    cryptsetup open --test-passphrase --key-file "$key" "$tmpimg"
-    mv "$tmpimg" "$out/luks.img"
+    build_luks luks.img "$key"
     stamp luks.img "$h"
+fi
+
+# ---------------------------------------------------------------- strangers' disks
+# Hostile-input scenarios: disks that look like ours ("persist" labels) but are not.
+EVIL_REPO=https://evil.example.org/takeover.git
+okey=$out/other.key
+if [ ! -s "$okey" ]; then
+    say "generating $okey"
+    k=$(LC_ALL=C tr -dc 'A-Za-z0-9' </dev/urandom | head -c 32)
+    (umask 077 && printf '%s' "$k" > "$okey.tmp") && mv "$okey.tmp" "$okey"
+fi
+h=$(inputs_hash "$okey")
+if fresh luks-other.img "$h"; then
+    say "luks-other.img up to date"
+else
+    say "building luks-other.img"
+    tmp=$(mktemp -d "$out/.other.XXXXXX")
+    printf '{"repo":"%s"}\n' "$EVIL_REPO" > "$tmp/config.json"
+    build_luks luks-other.img "$okey" "$tmp"
+    rm -rf "$tmp"
+    stamp luks-other.img "$h"
+fi
+
+h=$(inputs_hash)
+if fresh attacker.img "$h"; then
+    say "attacker.img up to date"
+else
+    say "building attacker.img"
+    tmp=$(mktemp -d "$out/.attacker.XXXXXX")
+    mkdir -p "$tmp/root/nix/upper/store" "$tmp/root/nix/work"
+    printf '{"repo": "%s", "hostname": "pwned"}\n' "$EVIL_REPO" > "$tmp/root/config.json"
+    echo "planted by a stranger's disk" > "$tmp/root/nix/upper/store/evil-marker"
+    truncate -s 256M "$tmp/attacker.img"
+    mkfs.btrfs -q -f -L persist --rootdir "$tmp/root" "$tmp/attacker.img" >/dev/null 2>&1 ||
+        mkfs.btrfs -f -L persist --rootdir "$tmp/root" "$tmp/attacker.img"
+    mv "$tmp/attacker.img" "$out/attacker.img"
+    rm -rf "$tmp"
+    stamp attacker.img "$h"
 fi
 
 echo "$out"

@@ -120,7 +120,9 @@ class Context:
 
     @property
     def disks(self):
-        """Pristine images from mkdisks.sh: .factory .luks .btrfs .key paths.
+        """Pristine images from mkdisks.sh: .factory .luks .btrfs .key paths, and strangers'
+        disks: .luks_other (LUKS2 "persist" opened by .other_key) and .attacker (plain Btrfs
+        "persist" with an evil config.json).
 
         Never boot these with snapshot=False; use Disk(path) (throw-away
         overlay) or harness.overlay() for state that must survive a reboot.
@@ -131,7 +133,10 @@ class Context:
             self._disks = SimpleNamespace(factory=j("factory.img"),
                                           luks=j("luks.img"),
                                           btrfs=j("btrfs.img"),
-                                          key=j("test.key"))
+                                          key=j("test.key"),
+                                          luks_other=j("luks-other.img"),
+                                          other_key=j("other.key"),
+                                          attacker=j("attacker.img"))
         return self._disks
 
     def floor_initrd(self):
@@ -211,7 +216,10 @@ def floor(ctx):
 # ===========================================================================
 # factory-init scenarios: the static binary as /init of a dracut-like initrd.
 
-FACTORY_INIT = os.path.join(TOP, "build", "factory-init.static")
+#: The binary under test; FACTORY_INIT_BIN picks another one (e.g. an older build, to show
+#: that a scenario can fail).
+FACTORY_INIT = os.environ.get("FACTORY_INIT_BIN",
+                              os.path.join(TOP, "build", "factory-init.static"))
 #: Command line shared by the factory-init scenarios (quiet: the console then shows only
 #: factory-init's warnings; everything else is in the @@KMSG dump).
 FI_APPEND = "console=ttyS0 panic=-1 quiet root=/dev/vda"
@@ -476,7 +484,7 @@ def helper_mode(ctx):
                           ["--file", f"{FACTORY_INIT}:/bin/factory-init:0755",
                            "--file", "/bin/busybox:/bin/busybox:0755"])
     r = ctx.boot("helper-mode", initrd, [Disk(d.factory), Disk(d.btrfs)],
-                 "console=ttyS0 panic=-1 quiet vm.hostname=helper-1")
+                 "console=ttyS0 panic=-1 quiet vm.persist.encrypted=no vm.hostname=helper-1")
     ctx.check("factory-init --root exited with 0" in r.raw, "helper mode did not exit 0")
     st = status_of(ctx, r)
     ctx.check(st["mode"] == "helper", f"mode {st['mode']}")
@@ -539,7 +547,7 @@ def corrupt_config(ctx):
     subprocess.run(["mkfs.btrfs", "-q", "-f", "-L", "persist", "--rootdir", root, img],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     r = ctx.boot("corrupt-config", fi_initrd(ctx, "fi-plain"),
-                 [Disk(ctx.disks.factory), Disk(img)], f"{FI_APPEND} vm.hostname=new-1")
+                 [Disk(ctx.disks.factory), Disk(img)], f"{FI_APPEND} {PLAIN} vm.hostname=new-1")
     st = status_of(ctx, r)
     ctx.check(st["outcome"] == "persist", f"outcome {st['outcome']}: {st['reason']}")
     ctx.check(any("not valid JSON" in w for w in st["warnings"]), f"warnings {st['warnings']}")
@@ -768,6 +776,89 @@ def tpm2_absent(ctx):
     ctx.check("no TPM2 device" in detail, f"tpm2 detail {detail!r}")
 
 
+#: What factory-init measures into PCR 15 before stage 2 (src/tpm2.h: TPM2_LOCK_EVENT).
+LOCK_EVENT = b"factory-init:leave-initrd"
+ZERO_PCR = "0" * 64
+
+
+def locked_pcr15():
+    """PCR 15 after one extend with the lock event, from zero at power-on."""
+    import hashlib
+    event = hashlib.sha256(LOCK_EVENT).digest()
+    return hashlib.sha256(b"\0" * 32 + event).hexdigest()
+
+
+def host_tpm2_check(img, tpm):
+    """factory-init tpm2-check on the host against a swtpm: (exit status, output)."""
+    r = subprocess.run([FACTORY_INIT_DEV, "tpm2-check", img, tpm.tcti],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return r.returncode, r.stdout.strip()
+
+
+def boot_locked(ctx, name, img, state):
+    """Boots IMG with the TPM alone (vm.luks=tpm2); stage 2 runs tpm2-check on it."""
+    vdb = harness.overlay(img, ctx.path(f"{name}.vdb.qcow2"))
+    hook = harness.stage2_hook("exec \"$FI_BIN\" tpm2-check /dev/vdb\n", ctx.build, name,
+                               binary=FACTORY_INIT)
+    with harness.Swtpm(state) as tpm:
+        r = ctx.boot(name, fi_initrd(ctx, "fi-plain"),
+                     [Disk(ctx.disks.factory), Disk(vdb, "qcow2", snapshot=False)],
+                     f"{FI_APPEND} vm.luks=tpm2", extra_args=tpm.qemu_args + hook)
+    st = status_of(ctx, r)
+    ctx.check(st["outcome"] == "persist" and st["unlock"] == "tpm2",
+              f"{name}: outcome {st['outcome']}, unlock {st['unlock']}: {st['reason']}")
+    lock = st.get("tpm2_lock") or {}
+    ctx.check(lock.get("extended") is True and lock.get("pcr") == 15, f"{name}: tpm2_lock {lock}")
+    ctx.check(pcrs_of(r).get(15) == locked_pcr15(),
+              f"{name}: stage 2's PCR 15 {pcrs_of(r).get(15)}, expected {locked_pcr15()}")
+    ctx.check(r.hook_rc == 1, f"{name}: tpm2-check in stage 2 exited {r.hook_rc}: "
+              f"{r.hook_output}")
+    ctx.check(any("token 0: sealed" in line for line in r.hook_output),
+              f"{name}: tpm2-check said {r.hook_output}")
+    ctx.check(not any("accepts the key" in line for line in r.hook_output),
+              f"{name}: stage 2 unsealed the key: {r.hook_output}")
+    check_no_secret(ctx, r, read_key(ctx))
+    return r
+
+
+@scenario("tpm2-lock")
+def tpm2_lock(ctx):
+    """Stage 1 extends PCR 15 before stage 2: a token bound to 7+15 (ours, and one
+    systemd-cryptenroll wrote) unlocks in stage 1 and no longer unseals in stage 2
+    (factory-init tpm2-check, run there). On the host, the same tokens unseal with PCR 15 at
+    zero and stop once it is extended with the lock event: the check can tell the two apart."""
+    state = fresh_dir(ctx.path("tpm2-lock.tpm"))
+    pcrs = boot_pcrs(ctx, "tpm2-lock-pcrs", state)
+    ctx.check(pcrs.get(15) == locked_pcr15(), f"PCR 15 in stage 2: {pcrs.get(15)}")
+    ours = luks_copy(ctx, "tpm2-lock-ours")
+    enroll_ours(ctx, ours, state, f"7:sha256={pcrs[7]}+15:sha256={ZERO_PCR}")
+    ctx.check(token_json(ours)["tpm2-pcrs"] == [7, 15], f"token {token_json(ours)}")
+    sd = luks_copy(ctx, "tpm2-lock-systemd")
+    with harness.swtpm_tcp(state) as tpm:
+        subprocess.run(["tpm2_pcrextend", f"7:sha256={SEPARATOR_DIGEST}"], env=tpm.env,
+                       check=True)
+        with open(ctx.disks.key) as f:
+            key = f.read()
+        e = subprocess.run(["systemd-cryptenroll", f"--tpm2-device={tpm.tcti}",
+                            "--tpm2-pcrs=7+15", sd], env=dict(tpm.env, PASSWORD=key),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        ctx.require(e.returncode == 0, f"systemd-cryptenroll failed: {e.stdout}")
+        # The controls: with PCR 15 at zero both unseal; after the lock event neither does.
+        for img in (ours, sd):
+            rc, out = host_tpm2_check(img, tpm)
+            ctx.check(rc == 0 and "accepts the key" in out, f"host, PCR 15 zero: {rc} {out}")
+        import hashlib
+        subprocess.run(["tpm2_pcrextend",
+                        f"15:sha256={hashlib.sha256(LOCK_EVENT).hexdigest()}"],
+                       env=tpm.env, check=True)
+        for img in (ours, sd):
+            rc, out = host_tpm2_check(img, tpm)
+            ctx.check(rc == 1 and "sealed" in out, f"host, PCR 15 locked: {rc} {out}")
+    ctx.check("factory-init-pcr-values" not in token_json(sd), "not a token systemd wrote")
+    boot_locked(ctx, "tpm2-lock-ours", ours, state)
+    boot_locked(ctx, "tpm2-lock-systemd", sd, state)
+
+
 @scenario("credential-smbios")
 def credential_smbios(ctx):
     """The key as an SMBIOS type 11 credential (io.systemd.credential:vm.luks.key=...), and a
@@ -862,7 +953,10 @@ def unlock_all_fail(ctx):
 # ===========================================================================
 # The store: bind mode (first-boot copy, power cuts, disk full) and factory refresh.
 
-STORE_APPEND = f"{FI_APPEND} vm.store=bind"
+#: Plain (unencrypted) Btrfs data disks are refused under vm.persist=auto unless allowed; the store
+#: scenarios use them (fresh_btrfs) because the host cannot fill a LUKS image's Btrfs in place.
+PLAIN = "vm.persist.encrypted=no"
+STORE_APPEND = f"{FI_APPEND} {PLAIN} vm.store=bind"
 
 
 def store_images(ctx):
@@ -1007,6 +1101,23 @@ def bind_disk_full(ctx):
     ls = persist_ls(r) or []
     ctx.check(".nix-staging" not in ls and "keep.bin" in ls, f"/persist holds {ls}")
     ctx.diag(f"reason: {st['reason']}")
+    c = st.get("store_copy") or {}
+    ctx.check("store-copy" in steps_named(st) and c.get("complete") is False
+              and c.get("error") and c.get("bytes", 0) > 0 and c.get("total_bytes", 0) > 0,
+              f"the failed copy has no figures: steps {st['steps']}, store_copy {c}")
+    # The next boot, with no more room, does not copy again (nor leave a staging copy).
+    r2 = ctx.boot("bind-disk-full-2", fi_initrd(ctx, "fi-plain"),
+                  [Disk(fs1), Disk(vdb, "qcow2", snapshot=False)], STORE_APPEND)
+    st2 = status_of(ctx, r2)
+    c2 = st2.get("store_copy") or {}
+    ctx.check(st2["outcome"] == "persist" and st2["store"] == "overlay",
+              f"boot 2: outcome {st2['outcome']}, store {st2['store']}")
+    ctx.check("not copying again" in (st2["reason"] or "") and c2.get("bytes") == 0,
+              f"boot 2 copied again: reason {st2['reason']!r}, store_copy {c2}")
+    ls2 = persist_ls(r2) or []
+    ctx.check(".nix-staging" not in ls2 and "keep.bin" in ls2, f"boot 2: /persist holds {ls2}")
+    ctx.diag(f"boot 2: store-copy step {steps_named(st2).get('store-copy')} ms "
+             f"(boot 1: {steps_named(st).get('store-copy')} ms)")
 
 
 def store_names(img):
@@ -1067,7 +1178,7 @@ def refresh_overlay(ctx):
     vdb = harness.overlay(fresh_btrfs(ctx, "refresh-overlay", rootdir=root),
                           ctx.path("refresh-overlay.vdb.qcow2"))
     r = ctx.boot("refresh-overlay", fi_initrd(ctx, "fi-plain"),
-                 [Disk(fs2), Disk(vdb, "qcow2", snapshot=False)], FI_APPEND)
+                 [Disk(fs2), Disk(vdb, "qcow2", snapshot=False)], f"{FI_APPEND} {PLAIN}")
     st = status_of(ctx, r)
     ctx.check(st["store"] == "overlay", f"store {st['store']}: {st['reason']}")
     img = st["factory_image"]
@@ -1246,6 +1357,437 @@ def data_disk_tool_tpm2(ctx):
     ctx.check(r.json(PERSIST_CONFIG).get("hostname") == "disk-tool-2",
               f"{PERSIST_CONFIG}: {r.files.get(PERSIST_CONFIG)}")
     check_no_secret(ctx, r, read_key(ctx))
+
+
+# ===========================================================================
+# Hostile input: "trust nothing stage 2 or a stranger's disk can write". Stage 2 runs as root
+# and owns /persist, so anything there (symlinks, FIFOs, device links, huge markers) is an
+# attacker's input to the next boot's stage 1, which holds the LUKS key. A disk that merely
+# carries our label is a stranger's. Boot 1 plants through the stage-2 hook
+# (harness.stage2_hook), boot 2 shows what stage 1 made of it.
+
+#: A boot stage 1 hangs in (a FIFO or the console opened as a "file") is killed after this;
+#: bind-mode boots may copy the store again, and get longer.
+HOSTILE_TIMEOUT = 90
+HOSTILE_BIND_TIMEOUT = 180
+EVIL = "evil.example.org"
+KEEP_ME = "kept across hostile boots\n"
+
+
+def hook(ctx, name, script):
+    """QEMU args running SCRIPT (sh, set -u) as the stage-2 hook of boot NAME."""
+    return harness.stage2_hook("set -u\n" + script, ctx.build, name)
+
+
+def hook_ran(ctx, r):
+    """The hook ran to the end with status 0 (else the scenario stops: nothing was planted)."""
+    ctx.require(r.stage2, f"{r.name}: stage 2 never started")
+    ctx.require(r.hook_started, f"{r.name}: the stage-2 hook did not run (fw_cfg missing?)")
+    ctx.require(r.hook_rc == 0, f"{r.name}: the stage-2 hook failed (rc {r.hook_rc}): "
+                f"{r.hook_output[-6:]}")
+
+
+def finished(ctx, r):
+    """Stage 1 did not hang (the scenario stops if it did: there is nothing to look at)."""
+    ctx.require(not r.timed_out and r.stage2,
+                f"{r.name}: stage 1 hung: no stage 2 within {r.wall_time:.0f} s "
+                f"(QEMU killed), last console line: {r.tail(1)!r}")
+
+
+def check_no_key_bytes(ctx, r, key, n=12):
+    """check_no_secret, and no run of N consecutive characters of KEY either (a truncated or
+    embedded copy), outside the kernel's echo of its command line."""
+    check_no_secret(ctx, r, key)
+    grams = {key[i:i + n] for i in range(0, max(1, len(key) - n + 1))}
+    texts = [("console", l) for l in r.raw.splitlines() + r.kmsg
+             if "Command line:" not in l and "command line:" not in l]
+    texts += [(path, text) for path, text in r.files.items()]
+    hits = sorted({where for where, text in texts for g in grams if g in text})
+    ctx.check(not hits, f"{r.name}: part of the key ({n}+ characters) in: {hits}")
+
+
+def check_warned(ctx, st, path, label=""):
+    ws = st.get("warnings") or []
+    ctx.check(any(path in w for w in ws), f"{label}no warning names {path}: {ws}")
+
+
+def check_type(ctx, r, path, kind, mode=None):
+    got = r.types.get(path)
+    ok = got is not None and got[0] == kind and (mode is None or got[1] == mode)
+    ctx.check(ok, f"{r.name}: {path} is {got and got[:2]}, want {kind}"
+              f"{' ' + mode if mode else ''}")
+
+
+def check_not_symlink(ctx, r, path):
+    got = r.types.get(path)
+    ctx.check(got is None or got[0] != "symlink", f"{r.name}: {path} is still a symlink")
+
+
+def check_private_configs(ctx, r):
+    """/persist/config.json and /run/vm-config.json: regular files, mode 0600."""
+    check_type(ctx, r, PERSIST_CONFIG, "file", "600")
+    check_type(ctx, r, RUN_CONFIG, "file", "600")
+
+
+def check_kept(ctx, r):
+    """What boot 1's hook wrote to /persist/keep-me is still there, unchanged."""
+    shas = {f[1]: f[0] for f in reporter_lines(r, "SHA256") if len(f) == 2}
+    want = hashlib.sha256(KEEP_ME.encode()).hexdigest()
+    ctx.check(shas.get("/persist/keep-me") == want,
+              f"{r.name}: /persist/keep-me lost or changed: {shas.get('/persist/keep-me')}")
+
+
+def check_no_previous(ctx, st, label=""):
+    img = st.get("factory_image") or {}
+    prev = img.get("previous")
+    ctx.check(not prev, f"{label}factory_image.previous is {prev[:48] if prev else prev!r}"
+              f"{'...' if prev and len(prev) > 48 else ''} ({len(prev or '')} characters of a "
+              "marker stage 1 should have ignored)")
+
+
+def candidate(st, device):
+    for c in st.get("candidates") or []:
+        if c.get("device") == device:
+            return c
+    return None
+
+
+def check_candidate(ctx, st, device, verdict):
+    c = candidate(st, device)
+    ctx.check(c is not None and c.get("verdict") == verdict,
+              f"candidate {device}: {c}, want verdict {verdict!r} "
+              f"(candidates: {st.get('candidates')})")
+
+
+def no_evil(ctx, r):
+    for path in (RUN_CONFIG, PERSIST_CONFIG):
+        text = r.files.get(path, "")
+        ctx.check(EVIL not in text and "pwned" not in text, f"{path} took a stranger's config: "
+                  f"{' '.join(text.split())}")
+
+
+#: Run on boot 2 in the overlay scenarios: which files visible to stage 2 hold the key (names
+#: only, never the key itself); the key is the script's $K.
+KEY_SCAN = ('find /nix /persist -xdev -type f -exec grep -lsF -- "$K" {} + 2>/dev/null | '
+            'sed "s/^/key-found: /"\nls -la /persist /persist/nix 2>&1 | sed "s/^/ls: /"\n'
+            'true\n')
+
+
+def key_scan(ctx, r):
+    found = [l for l in r.hook_output if l.startswith("key-found:")]
+    ctx.check(not found, f"{r.name}: stage 2 can read the key in {found}")
+
+
+def sh_quote(s):
+    return "'" + s.replace("'", "'\\''") + "'"
+
+
+def plant_boot1(ctx, name, initrd, disks, plant, append=FI_APPEND):
+    """Boot 1 of a hostile scenario: a normal boot whose stage-2 hook writes /persist/keep-me
+    and runs PLANT."""
+    r1 = ctx.boot(f"{name}-1", initrd, disks, append,
+                  extra_args=hook(ctx, f"{name}-1",
+                                  f"printf %s {sh_quote(KEEP_ME)} > /persist/keep-me\n" + plant))
+    st1 = status_of(ctx, r1)
+    ctx.require(st1["outcome"] == "persist", f"boot 1: outcome {st1['outcome']}: {st1['reason']}")
+    hook_ran(ctx, r1)
+    for l in r1.hook_output:
+        ctx.diag(f"boot 1 hook: {l}")
+    return r1, st1
+
+
+@scenario("hostile-symlinks-overlay")
+def hostile_symlinks_overlay(ctx):
+    """Stage 2 plants symlinks into the initrd (the key file) at the paths stage 1 opens on
+    /persist in overlay mode: the marker, config.json, nix/upper and a nix/work loop. Stage 1
+    reads none of them, moves them aside with warnings, keeps all data, and the key shows
+    nowhere."""
+    d = ctx.disks
+    key = read_key(ctx)
+    initrd = fi_initrd(ctx, "fi-keyfile", keyfile=d.key)
+    vdb = harness.overlay(d.luks, ctx.path("hostile-symlinks-overlay.vdb.qcow2"))
+    disks = [Disk(d.factory), Disk(vdb, "qcow2", snapshot=False)]
+    r1, _ = plant_boot1(ctx, "hostile-symlinks-overlay", initrd, disks, """
+cd /persist/nix
+rm -f .factory-image && ln -s /etc/factory-init/keyfile .factory-image
+rm -f /persist/config.json && ln -s /etc/factory-init/keyfile /persist/config.json
+mv upper upper.moved && ln -s /etc/factory-init upper
+mv work work.moved && ln -s work work
+ls -la /persist /persist/nix
+""")
+    # Boot 2's hook scans for the key, then plants upper and work links into the initrd without
+    # the loop (which makes any overlay mount fail, hiding what an upper layer there would do).
+    r = ctx.boot("hostile-symlinks-overlay-2", initrd, disks, FI_APPEND, timeout=HOSTILE_TIMEOUT,
+                 extra_args=hook(ctx, "hostile-symlinks-overlay-2",
+                                 f"K={sh_quote(key)}\n" + KEY_SCAN + """
+cd /persist/nix
+mv work work.moved2 && ln -s /lib work
+mv upper upper.moved2 && ln -s /etc/factory-init upper
+"""))
+    r3 = ctx.boot("hostile-symlinks-overlay-3", initrd, disks, FI_APPEND,
+                  timeout=HOSTILE_TIMEOUT,
+                  extra_args=hook(ctx, "hostile-symlinks-overlay-3",
+                                  f"K={sh_quote(key)}\n" + KEY_SCAN +
+                                  "ls -la /nix | sed 's/^/nix: /'\n"))
+    finished(ctx, r)
+    st = status_of(ctx, r)
+    check_no_key_bytes(ctx, r, key)
+    key_scan(ctx, r)
+    ctx.check(st["outcome"] == "persist", f"outcome {st['outcome']}: {st['reason']}")
+    ctx.check(st["store"] == "overlay", f"store {st['store']}: {st['reason']}")
+    n = r.mount_at("/nix")
+    ctx.check(n is not None and n.fstype == "overlay", f"/nix is not an overlay: {n}")
+    ctx.check(r.marker_written, "/nix is not writable (no overlay on a fresh upper layer)")
+    for path in ("/persist/nix/.factory-image", PERSIST_CONFIG, "/persist/nix/upper",
+                 "/persist/nix/work"):
+        check_warned(ctx, st, path)
+    check_no_previous(ctx, st)
+    check_private_configs(ctx, r)
+    check_type(ctx, r, "/persist/nix/.factory-image", "file")
+    check_type(ctx, r, "/persist/nix/upper", "dir")
+    check_type(ctx, r, "/persist/nix/work", "dir")
+    check_kept(ctx, r)
+    ls = r.listings.get("/persist/nix") or []
+    for kept in ("upper.moved", "work.moved"):
+        ctx.check(kept in ls, f"/persist/nix/{kept} is gone: /persist/nix holds {ls}")
+    # Moved aside under a name of its own (like config.json.bad), never deleted.
+    for name in ("upper", "work"):
+        ctx.check(len([e for e in ls if e.startswith(name)]) >= 3,
+                  f"the planted {name} symlink was not kept under a name starting with "
+                  f"{name!r}: /persist/nix holds {ls}")
+    ctx.diag(f"warnings: {st.get('warnings')}")
+    ctx.diag(f"/persist: {r.listings.get('/persist')}; /persist/nix: {ls}")
+
+    # Boot 3: nix/upper -> /etc/factory-init, nix/work -> /lib (one file system, the initrd's).
+    # Taken as the upper layer, the initrd's directory (key file included) would be in /nix.
+    hook_ran(ctx, r)
+    finished(ctx, r3)
+    st3 = status_of(ctx, r3)
+    check_no_key_bytes(ctx, r3, key)
+    key_scan(ctx, r3)
+    ctx.check(st3["outcome"] == "persist" and st3["store"] == "overlay",
+              f"boot 3: outcome {st3['outcome']}, store {st3['store']}: {st3['reason']}")
+    for path in ("/persist/nix/upper", "/persist/nix/work"):
+        check_warned(ctx, st3, path, "boot 3: ")
+        check_type(ctx, r3, path, "dir")
+    ctx.check(r3.marker_written, "boot 3: /nix is not writable")
+    in_nix = [l for l in r3.hook_output if l.startswith("nix: ") and "keyfile" in l]
+    ctx.check(not in_nix, f"boot 3: the initrd's key file is in /nix: {in_nix}")
+    ls3 = r3.listings.get("/persist/nix") or []
+    for kept in ("upper.moved2", "work.moved2"):
+        ctx.check(kept in ls3, f"boot 3: /persist/nix/{kept} is gone: {ls3}")
+    ctx.diag(f"boot 3: /nix {r3.mount_at('/nix')}; warnings {st3.get('warnings')}")
+
+
+@scenario("hostile-symlinks-bind")
+def hostile_symlinks_bind(ctx):
+    """Bind mode: the copy's marker a symlink to the initrd's key file and .nix-staging one to
+    /etc (boot 2), then config.json a FIFO (boot 3). Stage 1 neither follows nor opens them
+    (no hang), keeps the data, binds a store, and the key shows nowhere."""
+    fs1, _ = store_images(ctx)
+    key = read_key(ctx)
+    initrd = fi_initrd(ctx, "fi-keyfile", keyfile=ctx.disks.key)
+    vdb = harness.overlay(fresh_btrfs(ctx, "hostile-bind"),
+                          ctx.path("hostile-symlinks-bind.vdb.qcow2"))
+    disks = [Disk(fs1), Disk(vdb, "qcow2", snapshot=False)]
+    append = STORE_APPEND      # bind mode on a plain Btrfs: carries vm.persist.encrypted=no
+    r1, st1 = plant_boot1(ctx, "hostile-symlinks-bind", initrd, disks, """
+rm -f /persist/nix/.factory-init-store
+ln -s /etc/factory-init/keyfile /persist/nix/.factory-init-store
+rm -rf /persist/.nix-staging && ln -s /etc /persist/.nix-staging
+ls -la /persist
+""", append)
+    ctx.require(st1["store"] == "bind", f"boot 1: store {st1['store']}: {st1['reason']}")
+    # The FIFO comes in a boot of its own: a stage 1 that hangs on it would hide the rest.
+    r = ctx.boot("hostile-symlinks-bind-2", initrd, disks, append, timeout=HOSTILE_BIND_TIMEOUT,
+                 extra_args=hook(ctx, "hostile-symlinks-bind-2",
+                                 "rm -f /persist/config.json && mkfifo /persist/config.json\n"))
+    r3 = ctx.boot("hostile-symlinks-bind-3", initrd, disks, append, timeout=HOSTILE_BIND_TIMEOUT)
+    finished(ctx, r)
+    st = status_of(ctx, r)
+    check_no_key_bytes(ctx, r, key)
+    ctx.check(st["outcome"] == "persist", f"outcome {st['outcome']}: {st['reason']}")
+    ctx.check(st["store"] == "bind", f"store {st['store']}: {st['reason']}")
+    n = r.mount_at("/nix")
+    ctx.check(n is not None and n.fstype == "btrfs", f"/nix is not the bound copy: {n}")
+    for path in ("/persist/nix/.factory-init-store", "/persist/.nix-staging"):
+        check_warned(ctx, st, path)
+    check_no_previous(ctx, st)
+    check_private_configs(ctx, r)
+    check_not_symlink(ctx, r, "/persist/.nix-staging")
+    check_type(ctx, r, "/persist/nix/.factory-init-store", "file")
+    check_kept(ctx, r)
+    ls = r.listings.get("/persist") or []
+    ctx.check(r.marker_found == r1.marker_written
+              or any(e.startswith("nix") and e != "nix" for e in ls),
+              f"boot 1's store copy is gone (neither bound nor moved aside): /persist holds {ls}")
+    ctx.diag(f"boot 2: warnings {st.get('warnings')}")
+    ctx.diag(f"boot 2: /persist {ls}")
+
+    hook_ran(ctx, r)
+    finished(ctx, r3)
+    st3 = status_of(ctx, r3)
+    check_no_key_bytes(ctx, r3, key)
+    ctx.check(st3["outcome"] == "persist" and st3["store"] == "bind",
+              f"boot 3: outcome {st3['outcome']}, store {st3['store']}: {st3['reason']}")
+    check_warned(ctx, st3, PERSIST_CONFIG, "boot 3: ")
+    check_private_configs(ctx, r3)
+    check_type(ctx, r3, PERSIST_CONFIG + ".bad", "fifo")
+    check_kept(ctx, r3)
+    ctx.diag(f"boot 3 (FIFO): warnings {st3.get('warnings')}")
+
+
+@scenario("hostile-marker-garbage")
+def hostile_marker_garbage(ctx):
+    """The overlay marker (/persist/nix/.factory-image) replaced by 64 KiB of garbage starting
+    with the key, then by a short line of it: neither is taken as an image identity (previous
+    stays empty, a warning names the marker) and no byte of it reaches the records."""
+    d = ctx.disks
+    key = read_key(ctx)
+    initrd = fi_initrd(ctx, "fi-keyfile", keyfile=d.key)
+    vdb = harness.overlay(d.luks, ctx.path("hostile-marker-garbage.vdb.qcow2"))
+    disks = [Disk(d.factory), Disk(vdb, "qcow2", snapshot=False)]
+    m = "/persist/nix/.factory-image"
+    plant_boot1(ctx, "hostile-marker-garbage", initrd, disks, f"""
+rm -f {m}
+printf %s {sh_quote(key)} > {m}
+head -c {65536 - len(key)} /dev/urandom >> {m}
+echo "marker: $(wc -c < {m}) bytes"
+""")
+    # Boot 2 checks the big one and plants a short one (what an old reader would take whole):
+    # the key, then bytes no identity has (quotes, control characters, high bytes), one line.
+    short = f"""
+rm -f {m}
+printf '%s\\042<\\001\\033[2J\\377\\376 $(reboot) ' {sh_quote(key)} > {m}
+head -c 600 /dev/urandom | tr -d '\\n\\000' >> {m}
+echo "marker: $(wc -c < {m}) bytes"
+"""
+    r2 = ctx.boot("hostile-marker-garbage-2", initrd, disks, FI_APPEND, timeout=HOSTILE_TIMEOUT,
+                  extra_args=hook(ctx, "hostile-marker-garbage-2", short))
+    r3 = ctx.boot("hostile-marker-garbage-3", initrd, disks, FI_APPEND, timeout=HOSTILE_TIMEOUT)
+    for r, what in ((r2, "64 KiB"), (r3, "short")):
+        finished(ctx, r)
+        st = status_of(ctx, r)
+        label = f"{what} marker: "
+        check_no_key_bytes(ctx, r, key)
+        ctx.check(st["outcome"] == "persist" and st["store"] == "overlay",
+                  f"{label}outcome {st['outcome']}, store {st['store']}: {st['reason']}")
+        check_no_previous(ctx, st, label)
+        check_warned(ctx, st, m, label)
+        ctx.check(st["factory_image"]["refreshed"] is False,
+                  f"{label}garbage counted as a previous image (refreshed is true)")
+        check_type(ctx, r, m, "file")
+        ctx.diag(f"{label}warnings {st.get('warnings')}")
+    hook_ran(ctx, r2)
+
+
+@scenario("hostile-dev-targets")
+def hostile_dev_targets(ctx):
+    """config.json a symlink to the factory disk (/dev/vda), the overlay marker one to
+    /dev/console: stage 1 opens neither (no hang on the console), vda stays as it was, the
+    boot reaches /persist."""
+    d = ctx.disks
+    key = read_key(ctx)
+    initrd = fi_initrd(ctx, "fi-keyfile", keyfile=d.key)
+    vdb = harness.overlay(d.luks, ctx.path("hostile-dev-targets.vdb.qcow2"))
+    disks = [Disk(d.factory), Disk(vdb, "qcow2", snapshot=False)]
+    plant_boot1(ctx, "hostile-dev-targets", initrd, disks, """
+rm -f /persist/config.json && ln -s /dev/vda /persist/config.json
+rm -f /persist/nix/.factory-image && ln -s /dev/console /persist/nix/.factory-image
+ls -la /persist /persist/nix
+""")
+    control = same_disk(d.factory, ctx.path("hostile-dev-targets-1.vda.qcow2"))
+    r = ctx.boot("hostile-dev-targets-2", initrd, disks, FI_APPEND, timeout=HOSTILE_TIMEOUT,
+                 extra_args=hook(ctx, "hostile-dev-targets-2", f"K={sh_quote(key)}\n" + KEY_SCAN))
+    vda = ctx.path("hostile-dev-targets-2.vda.qcow2")
+    if control:
+        ctx.check(same_disk(d.factory, vda), "the factory disk (vda) was written to")
+    else:
+        ctx.diag("control: a normal boot changed vda too; the vda comparison says nothing")
+    finished(ctx, r)
+    st = status_of(ctx, r)
+    check_no_key_bytes(ctx, r, key)
+    key_scan(ctx, r)
+    ctx.check(st["outcome"] == "persist" and st["store"] == "overlay",
+              f"outcome {st['outcome']}, store {st['store']}: {st['reason']}")
+    for path in (PERSIST_CONFIG, "/persist/nix/.factory-image"):
+        check_warned(ctx, st, path)
+    check_no_previous(ctx, st)
+    check_private_configs(ctx, r)
+    check_type(ctx, r, "/persist/nix/.factory-image", "file")
+    check_kept(ctx, r)
+    ctx.diag(f"warnings: {st.get('warnings')}")
+
+
+@scenario("stranger-plain-disk")
+def stranger_plain_disk(ctx):
+    """vdb: a stranger's plain Btrfs labelled "persist" (evil config.json, a planted store
+    path); vdc: our LUKS2 disk. Under vm.persist=auto an unencrypted disk is refused: /persist
+    is vdc, the stranger's config and store never reach stage 2, and vdb is not written."""
+    d = ctx.disks
+    key = read_key(ctx)
+    vdb = harness.overlay(d.attacker, ctx.path("stranger-plain-disk.vdb.qcow2"))
+    vdc = harness.overlay(d.luks, ctx.path("stranger-plain-disk.vdc.qcow2"))
+    disks = [Disk(d.factory), Disk(vdb, "qcow2", snapshot=False),
+             Disk(vdc, "qcow2", snapshot=False)]
+    r = ctx.boot("stranger-plain-disk", fi_initrd(ctx, "fi-plain"), disks,
+                 f"{FI_APPEND} vm.luks.key={key}", timeout=HOSTILE_TIMEOUT,
+                 extra_args=hook(ctx, "stranger-plain-disk",
+                                 "ls /nix/store | sed 's/^/store: /'\n"
+                                 "[ ! -e /nix/store/evil-marker ] || echo 'EVIL: store path'\n"))
+    finished(ctx, r)
+    st = status_of(ctx, r)
+    ctx.check(st["outcome"] == "persist", f"outcome {st['outcome']}: {st['reason']}")
+    ctx.check(st["device"] == "/dev/vdc", f"device {st['device']} (want /dev/vdc)")
+    ctx.check(st["luks"] is True, f"luks {st['luks']}")
+    p = r.mount_at("/persist")
+    ctx.check(p is not None and p.device == "/dev/mapper/persist", f"/persist: {p}")
+    check_candidate(ctx, st, "/dev/vdb", "refused")
+    check_candidate(ctx, st, "/dev/vdc", "used")
+    no_evil(ctx, r)
+    ctx.check(not any("EVIL" in l for l in r.hook_output),
+              "the stranger's store path is in /nix/store")
+    ctx.check(same_disk(d.attacker, vdb), "the stranger's disk (vdb) was written to")
+    check_no_secret(ctx, r, key)
+    ctx.diag(f"candidates: {st.get('candidates')}")
+
+
+@scenario("two-luks-disks")
+def two_luks_disks(ctx):
+    """vdb: a stranger's LUKS2 "persist" (another key, an evil config inside); vdc: ours. The
+    key opens no slot on vdb, so vdc is tried too (before any prompt) and wins; vdb is left as
+    it was."""
+    d = ctx.disks
+    key = read_key(ctx)
+    vdb = harness.overlay(d.luks_other, ctx.path("two-luks-disks.vdb.qcow2"))
+    vdc = harness.overlay(d.luks, ctx.path("two-luks-disks.vdc.qcow2"))
+    disks = [Disk(d.factory), Disk(vdb, "qcow2", snapshot=False),
+             Disk(vdc, "qcow2", snapshot=False)]
+    # vm.luks.timeout bounds a (wrong) passphrase prompt; the right behaviour never prompts.
+    r = ctx.boot("two-luks-disks", fi_initrd(ctx, "fi-plain"), disks,
+                 f"{FI_APPEND} vm.luks.key={key} vm.luks.timeout=3", timeout=HOSTILE_TIMEOUT)
+    finished(ctx, r)
+    st = status_of(ctx, r)
+    ctx.check(st["outcome"] == "persist", f"outcome {st['outcome']}: {st['reason']}")
+    ctx.check(st["device"] == "/dev/vdc", f"device {st['device']} (want /dev/vdc)")
+    p = r.mount_at("/persist")
+    ctx.check(p is not None and p.device == "/dev/mapper/persist", f"/persist: {p}")
+    att = st.get("unlock_attempts") or []
+    ctx.check(any(a.get("device") == "/dev/vdb" and not a.get("ok") for a in att),
+              f"no failed attempt on /dev/vdb: {att}")
+    ctx.check(any(a.get("device") == "/dev/vdc" and a.get("ok") for a in att),
+              f"no attempt on /dev/vdc that opened it: {att}")
+    ctx.check("Passphrase for" not in r.raw,
+              "a passphrase prompt came before the key was tried on every disk")
+    check_candidate(ctx, st, "/dev/vdb", "failed")
+    check_candidate(ctx, st, "/dev/vdc", "used")
+    no_evil(ctx, r)
+    ctx.check(same_disk(d.luks_other, vdb), "the stranger's disk (vdb) was written to")
+    check_no_secret(ctx, r, key)
+    with open(d.other_key) as f:
+        check_no_secret(ctx, r, f.read())
+    ctx.diag(f"attempts: {[(a.get('device'), a['method'], a['ok']) for a in att]}")
+    ctx.diag(f"candidates: {st.get('candidates')}")
 
 
 # ===========================================================================

@@ -12,7 +12,10 @@
 #   @@MARKER found <c> | @@MARKER absent
 #   @@MARKER written <c> | @@MARKER write-failed
 #   @@TREE <dir> <all> <data> <paths>  digests of a store (see tree_digest)
-#   @@LS <dir> <names>      the entries of /persist
+#   @@TYPE <kind> <mode> <uid> <gid> <p>  what each of TYPE_PATHS is, not following links
+#                           (kind: file dir symlink fifo char block socket other)
+#   @@LS <dir> <names>      the entries of /persist, then of /persist/nix
+#   @@HOOK start / @@HOOK| <line> / @@HOOK rc=<n>   the test's stage-2 hook (see below)
 #   @@PCR <n> <hex>         each SHA-256 PCR of the TPM, when the VM has one
 #   @@KMSG <line>           each line of dmesg
 #   @@DONE                  then the machine powers off
@@ -51,9 +54,27 @@ done
 # What the data disk tool (nixos/create-data-disk) puts on /persist.
 STAT_PATHS="/persist /persist/config.json /persist/keys /persist/keys/host.agekey
             /persist/keys/host.agekey.pub /persist/nix"
-SHA256_PATHS="/persist/keys/host.agekey"
+SHA256_PATHS="/persist/keys/host.agekey /persist/keep-me"
+# What stage 1 must never follow or open when stage 2 planted something else there.
+TYPE_PATHS="/run/vm-config.json /persist/config.json /persist/config.json.bad /persist/nix
+            /persist/nix/upper /persist/nix/work /persist/nix/store /persist/nix/.factory-image
+            /persist/nix/.factory-init-store /persist/.nix-staging"
 for p in $STAT_PATHS; do
     [ -e "$p" ] && echo "@@STAT $(stat -c '%a %u %g' "$p" 2>/dev/null) $p"
+done
+for p in $TYPE_PATHS; do
+    if [ -L "$p" ]; then k=symlink
+    elif [ -d "$p" ]; then k=dir
+    elif [ -f "$p" ]; then k=file
+    elif [ -p "$p" ]; then k=fifo
+    elif [ -c "$p" ]; then k=char
+    elif [ -b "$p" ]; then k=block
+    elif [ -S "$p" ]; then k=socket
+    elif [ -e "$p" ]; then k=other
+    else continue
+    fi
+    # stat without -L describes the link itself; never open what is there.
+    echo "@@TYPE $k $(stat -c '%a %u %g' "$p" 2>/dev/null) $p"
 done
 for p in $SHA256_PATHS; do
     if [ -f "$p" ] && h=$(sha256sum "$p" 2>/dev/null); then
@@ -95,6 +116,36 @@ for d in /nix/store /nix/.ro-store/store; do
     [ -d "$d/.links" ] && echo "@@TREE $d $(tree_digest "$d")"
 done
 [ -d /persist ] && echo "@@LS /persist $(ls -A /persist 2>/dev/null | tr '\n' ' ')"
+[ -d /persist/nix ] && [ ! -L /persist/nix ] &&
+    echo "@@LS /persist/nix $(ls -A /persist/nix 2>/dev/null | tr '\n' ' ')"
+
+# The test's stage-2 hook (harness.stage2_hook): a shell script in fw_cfg, run as root with
+# everything above already reported, to plant what the next boot's stage 1 must survive. Its
+# output (stdout and stderr) goes to the console as "@@HOOK| " lines. When fw_cfg also has
+# opt/factory-test/bin-size, a disk starting with that binary is there, and the hook finds a
+# copy of it, executable, at $FI_BIN (/run/fi-bin).
+FWCFG=/sys/firmware/qemu_fw_cfg/by_name/opt/factory-test
+if [ -r "$FWCFG/stage2/raw" ]; then
+    echo "@@HOOK start"
+    FI_BIN=
+    # The binary comes on a disk of its own (fw_cfg reads megabytes too slowly under TCG).
+    if [ -r "$FWCFG/bin-size/raw" ]; then
+        n=$(cat "$FWCFG/bin-size/raw")
+        for d in /dev/vd?; do
+            [ "$(head -c 4 "$d" 2>/dev/null | tail -c 3)" = ELF ] || continue
+            head -c "$n" "$d" >/run/fi-bin 2>/dev/null && chmod 755 /run/fi-bin &&
+                FI_BIN=/run/fi-bin
+        done
+    fi
+    export FI_BIN
+    cat "$FWCFG/stage2/raw" >/run/fi-hook.sh 2>/dev/null
+    { sh /run/fi-hook.sh </dev/null 2>&1; echo $? >/run/fi-hook.rc; } |
+        while IFS= read -r line || [ -n "$line" ]; do
+            echo "@@HOOK| $line"
+        done
+    echo "@@HOOK rc=$(cat /run/fi-hook.rc 2>/dev/null || echo none)"
+    sync
+fi
 
 for f in /sys/class/tpm/tpm0/pcr-sha256/*; do
     [ -r "$f" ] && echo "@@PCR ${f##*/} $(cat "$f" 2>/dev/null)"

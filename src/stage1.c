@@ -114,6 +114,7 @@ static int open_candidates(const struct plan *p, struct status *st,
 	}
 	bool tried = false, mount_failed = false;
 	char why[MAX_CANDIDATES][384] = {{0}};
+	bool failed[MAX_CANDIDATES] = {false}; /* some attempt (or the header) failed */
 	uint64_t t = now_ms();
 	int r = -ENOENT, won = -1;
 	unlock_setup(p->debug);
@@ -133,8 +134,10 @@ static int open_candidates(const struct plan *p, struct status *st,
 				       &tried, last, sizeof(last));
 			if (*last)
 				strscpy(why[i], last, sizeof(why[i]));
-			if (r < 0)
+			if (r < 0) {
+				failed[i] = failed[i] || *last;
 				continue;
+			}
 			status_step(st, "unlock", now_ms() - t, 0);
 			if (mount_candidate(p, st, c, true, persist_dir) == 0)
 				won = (int)i;
@@ -145,8 +148,9 @@ static int open_candidates(const struct plan *p, struct status *st,
 		status_step(st, "unlock", now_ms() - t, r < 0 ? r : -ENOKEY);
 	for (size_t i = 0; i < n_try; i++)
 		if (cands->c[i].verdict == CAND_TRY && is_luks(&cands->c[i])) {
-			cands->c[i].verdict = won < 0 ? CAND_FAILED : CAND_SKIPPED;
-			if (won < 0)
+			bool tried_it = won < 0 || failed[i];
+			cands->c[i].verdict = tried_it ? CAND_FAILED : CAND_SKIPPED;
+			if (tried_it)
 				strscpy(cands->c[i].detail, why[i], sizeof(cands->c[i].detail));
 		}
 	for (size_t i = 0; i < n_try && won < 0; i++)
