@@ -22,10 +22,14 @@ LIBS := -lpthread -lblkid -lmount -lcryptsetup -lkmod -ljson-c -ltss2-esys -ltss
 DEV_TCTI := -DHAVE_TCTI_SWTPM -DHAVE_TCTI_MSSIM
 DEV_TCTI_LIBS := -ltss2-tcti-swtpm -ltss2-tcti-mssim
 
-SRC := util.c log.c beneath.c persist.c cmdline.c config.c plan.c status.c devices.c modules.c unlock.c mounts.c \
-	switchroot.c tpm2.c base64.c credentials.c passphrase.c token.c tpm2_policy.c enroll.c seed.c stage1.c main.c
-# The pure files: what the unit tests and fuzzers link.
-PURE := util.c log.c beneath.c persist.c cmdline.c config.c plan.c status.c devices.c base64.c credentials.c passphrase.c token.c tpm2_policy.c seed.c
+SRC := util.c fileio.c log.c beneath.c persist.c cmdline.c config.c plan.c status.c candidates.c devices.c modules.c unlock.c mounts.c \
+	switchroot.c tpm2.c base64.c credentials.c credentials_read.c passphrase.c token.c tpm2_policy.c enroll.c seed.c stage1.c main.c
+# The pure files: parsers, the planner, the decisions and the records. No system calls (secrets'
+# mlock aside): what the fuzzers link, and every unit test.
+PURE := util.c cmdline.c config.c plan.c status.c candidates.c base64.c credentials.c token.c \
+	tpm2_policy.c
+# The system code the unit tests also run, on the host, in temporary directories and ptys.
+HOST_TESTED := fileio.c log.c beneath.c persist.c devices.c credentials_read.c passphrase.c seed.c
 TESTS := test_log test_persist test_cmdline test_config test_plan test_status test_devices test_credentials test_passphrase test_token test_tpm2_policy test_seed
 
 SANITIZE := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
@@ -77,9 +81,9 @@ $(BUILD)/factory-init.static: $(addprefix src/,$(SRC)) src/*.h Makefile $(DEPS_P
 	@echo "$@: $$(stat -c %s $@) bytes, stripped, statically linked"
 
 # ---- unit tests ---------------------------------------------------------------------------
-$(BUILD)/tests/%: src/tests/%.c $(addprefix src/,$(PURE)) src/*.h Makefile | $(PACKAGES_STAMP)
+$(BUILD)/tests/%: src/tests/%.c $(addprefix src/,$(PURE) $(HOST_TESTED)) src/*.h Makefile | $(PACKAGES_STAMP)
 	@mkdir -p $(BUILD)/tests
-	$(CC) $(CFLAGS) $(SANITIZE) -Isrc -o $@ $< $(addprefix src/,$(PURE)) -lcmocka $(LIBS)
+	$(CC) $(CFLAGS) $(SANITIZE) -Isrc -o $@ $< $(addprefix src/,$(PURE) $(HOST_TESTED)) -lcmocka $(LIBS)
 
 unit: $(addprefix $(BUILD)/tests/,$(TESTS))
 	@fail=0; for t in $^; do echo "== $$t"; $$t || fail=1; done; exit $$fail

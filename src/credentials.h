@@ -32,6 +32,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "cmdline.h"
 #include "config.h"
 #include "util.h"
 
@@ -98,19 +99,19 @@ int credentials_parse_smbios_raw(const uint8_t *buf, size_t len, struct credenti
 				 config_warn_fn warn, void *ctx);
 
 /*
- * Adds the systemd.set_credential= and systemd.set_credential_binary= parameters of a kernel
- * command line (split by cmdline_parse; like systemd, '-' and '_' are the same in these two
+ * Adds the systemd.set_credential= and systemd.set_credential_binary= parameters of the kernel
+ * command line c (as cmdline_parse split it; like systemd, '-' and '_' are the same in these two
  * names). The value runs from the first ':' to the end of the word, so it may hold ':' and '='.
- * Returns 0, -ENOMEM, or -E2BIG for an over-long text.
+ * Returns 0 or -ENOMEM.
  */
-int credentials_parse_cmdline(const char *cmdline_text, struct credentials *out,
-			      config_warn_fn warn, void *ctx);
+int credentials_parse_cmdline(const struct cmdline *c, struct credentials *out, config_warn_fn warn,
+			      void *ctx);
 
 /*
  * False when the command line holds systemd.import_credentials= with a false value (0, no,
  * false, off), with which systemd imports nothing from fw_cfg, SMBIOS or the command line.
  */
-bool credentials_import_enabled(const char *cmdline_text);
+bool credentials_import_enabled(const struct cmdline *c);
 
 /*
  * Reads the fw_cfg and SMBIOS credentials under root ("/" when NULL or "": tests point it at a
@@ -142,5 +143,16 @@ const char *credentials_default_dir(void);
  */
 int credentials_config_layer(const struct credentials *set, struct json_object **out,
 			     struct json_object **control, config_warn_fn warn, void *ctx);
+
+/* ---- shared with credentials_read.c (the readers) ------------------------------------------ */
+
+/* A printable rendering of a name for messages: bytes outside 0x20-0x7e (and '\\') escaped. */
+const char *credentials_shown(const char *s, size_t n, char *out, size_t out_len);
+/* Buffers that held (or may hold) a value: locked where possible, wiped before release. */
+void *credentials_locked_alloc(size_t n);
+void credentials_locked_free(void *p, size_t n);
+/* The warning for a refused credential name. */
+void credentials_warn_bad_name(const char *name, size_t len, enum credential_source source,
+			       config_warn_fn warn, void *ctx);
 
 #endif

@@ -8,6 +8,7 @@
 #include "util.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <getopt.h>
 #include <json-c/json.h>
 #include <stdio.h>
@@ -139,17 +140,14 @@ int main(int argc, char **argv)
 
 	_cleanup_free_ char *proc = NULL;
 	_cleanup_free_ char *embedded = NULL;
-	if (!cmdline && read_file("/proc/cmdline", CMDLINE_MAX_READ, &proc, NULL) < 0) {
-		fprintf(stderr, "factory-init: cannot read /proc/cmdline; give --cmdline\n");
-		return 1;
-	}
-	int r = read_file(config, 1 << 20, &embedded, NULL);
-	if (r < 0 && r != -ENOENT) {
-		fprintf(stderr, "factory-init: cannot read %s: %s\n", config, strerror(-r));
+	char why[PATH_MAX + 64];
+	int r = inputs_read(cmdline, config, &proc, &embedded, why, sizeof(why));
+	if (r < 0) {
+		fprintf(stderr, "factory-init: %s%s\n", why, cmdline ? "" : " (give --cmdline)");
 		return 1;
 	}
 	struct plan p;
-	r = plan_build(cmdline ? cmdline : proc, embedded, &p);
+	r = plan_build(proc, embedded, &p);
 	if (proc)
 		explicit_bzero(proc, strlen(proc)); /* it may hold vm.luks.key= */
 	if (r < 0) {

@@ -36,16 +36,30 @@ static bool has_word(const char *list, const char *word)
 	return false;
 }
 
-size_t plan_modules_for_cpu(const char *cpu_flags, const char **out, size_t max)
+/* Loaded first where the CPU can run it (see plan.h); the initrd carries it in any case. */
+#define CPU_SHA256_MODULE "sha256_ssse3"
+
+static size_t modules_list(bool with_cpu_module, const char **out, size_t max)
 {
 	size_t n = 0;
-	if (cpu_flags && max > 0 &&
-	    (has_word(cpu_flags, "ssse3") || has_word(cpu_flags, "avx") ||
-	     has_word(cpu_flags, "avx2") || has_word(cpu_flags, "sha_ni")))
-		out[n++] = "sha256_ssse3";
+	if (with_cpu_module && max > 0)
+		out[n++] = CPU_SHA256_MODULE;
 	for (size_t i = 0; i < plan_n_modules && n < max; i++)
 		out[n++] = plan_modules[i];
 	return n;
+}
+
+size_t plan_modules_for_cpu(const char *cpu_flags, const char **out, size_t max)
+{
+	return modules_list(cpu_flags &&
+				(has_word(cpu_flags, "ssse3") || has_word(cpu_flags, "avx") ||
+				 has_word(cpu_flags, "avx2") || has_word(cpu_flags, "sha_ni")),
+			    out, max);
+}
+
+size_t plan_initrd_modules(const char **out, size_t max)
+{
+	return modules_list(true, out, max);
 }
 
 const char *store_mode_name(enum store_mode m)
@@ -322,18 +336,22 @@ int plan_build(const char *cmdline_text, const char *embedded_config, struct pla
 	}
 	for (size_t i = 0; i < c.n; i++)
 		apply_arg(p, c.args[i].key, c.args[i].value);
-	for (size_t i = 0; i < c.n_init && p->n_init_args < PLAN_MAX_INIT_ARGS; i++) {
-		p->init_args[p->n_init_args] = strdup(c.init_args[i]);
-		if (p->init_args[p->n_init_args])
-			p->n_init_args++;
-	}
-	cmdline_free(&c);
-	p->import_credentials = credentials_import_enabled(cmdline_text ? cmdline_text : "");
-	if (p->import_credentials && credentials_parse_cmdline(cmdline_text ? cmdline_text : "",
-							       &p->creds, warn_cb, p) == -ENOMEM) {
+	p->import_credentials = credentials_import_enabled(&c);
+	if (p->import_credentials &&
+	    credentials_parse_cmdline(&c, &p->creds, warn_cb, p) == -ENOMEM) {
+		cmdline_free(&c);
 		plan_free(p);
 		return -ENOMEM;
 	}
+	cmdline_free(&c); /* the one parse of the command line, wiped */
+	/* How the root is found and mounted. */
+	p->root_kind = p->root[0] == '/' ? PERSIST_PATH : PERSIST_TAG;
+	snprintf(p->root_options, sizeof(p->root_options), "%s%s%s", p->root_rw ? "rw" : "ro",
+		 *p->rootflags ? "," : "", p->rootflags);
+	/* Prompts (passphrase, TPM2 PIN) only where vm.luks= lists the passphrase. */
+	p->may_prompt = false;
+	for (size_t i = 0; i < p->n_methods; i++)
+		p->may_prompt = p->may_prompt || p->methods[i] == UNLOCK_PASSPHRASE;
 	/* A label is easy to forge on a stranger's disk; a named device is the user's choice. */
 	p->persist_require_luks =
 	    p->persist_encrypted == ENCRYPTED_YES ||
@@ -350,8 +368,6 @@ void plan_free(struct plan *p)
 	credentials_free(&p->creds);
 	json_object_put(p->config_embedded);
 	json_object_put(p->config_cmdline);
-	for (size_t i = 0; i < p->n_init_args; i++)
-		free_wiped(p->init_args[i]);
 	/* The warnings quote command-line values. */
 	explicit_bzero(p, sizeof(*p));
 }
@@ -380,13 +396,10 @@ char *plan_to_json(const struct plan *p)
 			       json_object_new_string(*p->rootfstype ? p->rootfstype : "auto"));
 	json_object_object_add(root, "flags", json_object_new_string(p->rootflags));
 	json_object_object_add(root, "read_write", json_object_new_boolean(p->root_rw));
+	json_object_object_add(root, "options", json_object_new_string(p->root_options));
 	json_object_object_add(root, "timeout_s", json_object_new_int((int)p->root_timeout_s));
 	json_object_object_add(o, "root", root);
 	json_object_object_add(o, "init", json_object_new_string(p->init));
-	struct json_object *iargs = json_object_new_array();
-	for (size_t i = 0; i < p->n_init_args; i++)
-		json_object_array_add(iargs, json_object_new_string(p->init_args[i]));
-	json_object_object_add(o, "init_args", iargs);
 	json_object_object_add(o, "panic_s", json_object_new_int(p->panic_s));
 	json_object_object_add(o, "quiet", json_object_new_boolean(p->quiet));
 	json_object_object_add(o, "debug", json_object_new_boolean(p->debug));
@@ -413,10 +426,15 @@ char *plan_to_json(const struct plan *p)
 	json_object_object_add(o, "luks_tries", json_object_new_int((int)p->luks_tries));
 	json_object_object_add(o, "luks_timeout_s", json_object_new_int((int)p->luks_timeout_s));
 	json_object_object_add(o, "tpm2_timeout_s", json_object_new_int((int)p->tpm2_timeout_s));
+	json_object_object_add(o, "may_prompt", json_object_new_boolean(p->may_prompt));
+	json_object_object_add(o, "import_credentials",
+			       json_object_new_boolean(p->import_credentials));
+	json_object_object_add(o, "read_credentials_dir",
+			       json_object_new_boolean(p->read_credentials_dir));
 
 	/* Everything the initrd must carry; CPU-specific modules load only where the CPU can. */
 	const char *all[PLAN_MAX_MODULES];
-	size_t n_all = plan_modules_for_cpu("sha_ni", all, ARRAY_SIZE(all));
+	size_t n_all = plan_initrd_modules(all, ARRAY_SIZE(all));
 	struct json_object *mods = json_object_new_array();
 	for (size_t i = 0; i < n_all; i++)
 		json_object_array_add(mods, json_object_new_string(all[i]));
@@ -433,4 +451,11 @@ char *plan_to_json(const struct plan *p)
 	char *s = config_to_string(o);
 	json_object_put(o);
 	return s;
+}
+
+void plan_set_mode(struct plan *p, bool helper)
+{
+	/* Only inside another stage 1 has a systemd already filled a credentials directory. */
+	p->helper = helper;
+	p->read_credentials_dir = helper && p->import_credentials;
 }

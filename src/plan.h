@@ -37,7 +37,7 @@ enum persist_encrypted {
 
 #define PLAN_STR 512
 #define PLAN_MAX_WARNINGS 32
-#define PLAN_MAX_INIT_ARGS 64
+#define PLAN_MAX_INIT_ARGS 64 /* what stage 1 passes on to init (the kernel's argv) */
 
 #define DEFAULT_ROOT "/dev/vda"
 #define DEFAULT_INIT "/sbin/init"
@@ -96,9 +96,12 @@ struct plan {
 	struct json_object *config_embedded;
 	struct json_object *config_cmdline;
 
-	/* Arguments for init: what came after "--". */
-	char *init_args[PLAN_MAX_INIT_ARGS];
-	size_t n_init_args;
+	/* Decisions derived from the above (plan_build), so the executor only carries them out. */
+	enum persist_kind root_kind;	 /* PERSIST_PATH or PERSIST_TAG */
+	char root_options[PLAN_STR + 8]; /* "ro" or "rw", then rootflags */
+	bool may_prompt;		 /* passphrase and TPM2 PIN prompts allowed */
+	bool helper;			 /* plan_set_mode: inside another stage 1 */
+	bool read_credentials_dir;	 /* read $CREDENTIALS_DIRECTORY (helper mode only) */
 
 	char warnings[PLAN_MAX_WARNINGS][256];
 	size_t n_warnings;
@@ -114,6 +117,8 @@ struct plan {
  */
 int plan_build(const char *cmdline, const char *embedded_config, struct plan *plan);
 void plan_free(struct plan *plan);
+/* Completes the plan for how factory-init runs: as PID 1 (false) or inside another stage 1. */
+void plan_set_mode(struct plan *plan, bool helper);
 
 /*
  * Appends a warning (printf-style). Past PLAN_MAX_WARNINGS, the last slot counts the rest: 45
@@ -134,6 +139,9 @@ extern const size_t plan_n_modules;
  * would only fail. Returns the count written to out (at most max).
  */
 size_t plan_modules_for_cpu(const char *cpu_flags, const char **out, size_t max);
+
+/* Every module the initrd must carry (plan_modules and the CPU-specific one). */
+size_t plan_initrd_modules(const char **out, size_t max);
 
 const char *store_mode_name(enum store_mode m);
 

@@ -192,18 +192,14 @@ static int open_candidates(const struct plan *p, struct status *st,
 }
 
 /* Merges the config layers and writes /persist/config.json and /run/vm-config.json. */
-static int config_step(const struct plan *p, struct status *st, const char *root,
+/* Merges the config layers; persist_fd is /persist when it is mounted, else -1. */
+static int config_step(const struct plan *p, struct status *st, int persist_fd,
 		       const struct credentials *creds)
 {
-	char path[PATH_MAX];
 	struct json_object *persisted = NULL;
 	int r;
 
 	_cleanup_free_ char *saved = NULL;
-	_cleanup_close_ int persist_fd = -1;
-	snprintf(path, sizeof(path), "%s/persist", root);
-	if (st->persist && (persist_fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
-		log_err("cannot open /persist: %s", strerror(errno));
 	if (persist_fd >= 0) {
 		/* Untrusted: read beneath /persist without following a link, a regular file only,
 		 * bounded; then every key and value is validated (config.c). */
@@ -371,7 +367,7 @@ static void tpm2_lock_step(struct status *st)
 	}
 }
 
-void persist_setup(const struct plan *p, struct status *st, const char *root)
+void persist_setup(struct plan *p, struct status *st, const char *root)
 {
 	char persist_dir[PATH_MAX], nix_dir[PATH_MAX], desc[160];
 	_cleanup_close_ int persist_fd = -1;
@@ -385,16 +381,14 @@ void persist_setup(const struct plan *p, struct status *st, const char *root)
 			      "vm.luks.key credential): stage 2 can read it in /proc/cmdline");
 
 	/*
-	 * System credentials: the command line's (in the plan), then fw_cfg and SMBIOS; in helper
-	 * mode also the directory the outer systemd filled. The values stay in locked memory.
+	 * System credentials: the command line's (moved out of the plan: the lowest source, so
+	 * the base), then fw_cfg and SMBIOS; in helper mode also the directory the outer systemd
+	 * filled. The values stay in locked memory.
 	 */
-	struct credentials creds = {0};
-	for (size_t i = 0; i < p->creds.n; i++)
-		credentials_add(&creds, p->creds.items[i].name, p->creds.items[i].value.data,
-				p->creds.items[i].value.len, p->creds.items[i].source, config_warn,
-				st);
+	struct credentials creds = p->creds;
+	p->creds = (struct credentials){0};
 	if (p->import_credentials) {
-		if (strcmp(st->mode, "helper") == 0)
+		if (p->read_credentials_dir)
 			credentials_read_dir(credentials_default_dir(), &creds, config_warn, st);
 		credentials_read_system(NULL, &creds, config_warn, st);
 	}
@@ -451,6 +445,8 @@ void persist_setup(const struct plan *p, struct status *st, const char *root)
 	st->persist = true;
 
 	persist_fd = open(persist_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (persist_fd < 0)
+		log_err("cannot open /persist: %s", strerror(errno));
 	int checked = persist_fd < 0 ? -errno : persist_check_tree(persist_fd, config_warn, st);
 	if (p->store == STORE_OFF) {
 		strcpy(st->store, "off");
@@ -465,7 +461,7 @@ config:
 	if (!st->persist)
 		log_err("booting on the factory store: %s", st->reason);
 	t = now_ms();
-	r = config_step(p, st, root, &creds);
+	r = config_step(p, st, persist_fd, &creds);
 	credentials_free(&creds);
 	status_step(st, "config", now_ms() - t, r);
 	tpm2_lock_step(st);
@@ -488,6 +484,21 @@ static int load_modules(void)
 	const char *mods[PLAN_MAX_MODULES];
 	size_t n = plan_modules_for_cpu(flags, mods, ARRAY_SIZE(mods));
 	return modules_load(mods, n);
+}
+
+/* Writes STATUS_DIR/status.json (under root, "" for /) atomically. */
+static int status_write(const struct status *st, const char *root)
+{
+	char dir[PATH_MAX], path[PATH_MAX];
+	snprintf(dir, sizeof(dir), "%s%s", root, STATUS_DIR);
+	snprintf(path, sizeof(path), "%s/status.json", dir);
+	int r = make_dirs(dir, 0755);
+	if (r < 0)
+		return r;
+	_cleanup_free_ char *text = status_to_json(st);
+	if (!text)
+		return -ENOMEM;
+	return write_file_atomic(path, text, strlen(text), 0644);
 }
 
 static void write_records(const struct plan *p, const struct status *st)
@@ -517,25 +528,35 @@ static void apply_log_levels(const struct plan *p)
 	log_set_kmsg_level(p->debug ? LOG_DEBUG : LOG_INFO);
 }
 
-static void read_inputs(const char *cmdline_override, const char *config_path, char **cmdline,
-			char **embedded)
+int inputs_read(const char *cmdline_override, const char *config_path, char **cmdline,
+		char **embedded, char *why, size_t why_len)
 {
 	*cmdline = NULL;
 	*embedded = NULL;
-	if (cmdline_override)
-		*cmdline = strdup(cmdline_override);
-	else if (read_file("/proc/cmdline", CMDLINE_MAX_READ, cmdline, NULL) < 0)
-		log_err("cannot read /proc/cmdline; using defaults");
-	int r = read_file(config_path, 1 << 20, embedded, NULL);
-	if (r < 0 && r != -ENOENT)
-		log_warn("cannot read %s: %s", config_path, strerror(-r));
+	int r = 0, e;
+	if (cmdline_override) {
+		if (!(*cmdline = strdup(cmdline_override)))
+			return -ENOMEM;
+	} else if ((e = read_file("/proc/cmdline", CMDLINE_MAX_READ, cmdline, NULL)) < 0) {
+		snprintf(why, why_len, "cannot read /proc/cmdline: %s", strerror(-e));
+		r = e;
+	}
+	e = read_file(config_path, 1 << 20, embedded, NULL);
+	if (e < 0 && e != -ENOENT && r == 0) {
+		snprintf(why, why_len, "cannot read %s: %s", config_path, strerror(-e));
+		r = e;
+	}
+	return r;
 }
 
 static void build_plan(struct plan *p, const char *cmdline_override, const char *config_path)
 {
 	_cleanup_free_ char *cmdline = NULL;
 	_cleanup_free_ char *embedded = NULL;
-	read_inputs(cmdline_override, config_path, &cmdline, &embedded);
+	char why[PATH_MAX + 64];
+	/* As PID 1 nothing is fatal here: what cannot be read leaves its defaults. */
+	if (inputs_read(cmdline_override, config_path, &cmdline, &embedded, why, sizeof(why)) < 0)
+		log_err("%s; using defaults for it", why);
 	if (plan_build(cmdline, embedded, p) < 0) {
 		/* Only an absurd command line gets here: carry on with the defaults. */
 		log_err("cannot parse the kernel command line; using defaults");
@@ -552,6 +573,7 @@ static void begin(struct plan *p, struct status *st, const char *mode, uint64_t 
 	/* Do not let json-c seed its hash from the entropy pool this early (it would block). */
 	json_global_set_string_hash(JSON_C_STR_HASH_PERLLIKE);
 	build_plan(p, cmdline_override, config_path);
+	plan_set_mode(p, strcmp(mode, "helper") == 0);
 	apply_log_levels(p);
 	status_init(st, mode, t0);
 	log_info("factory-init " FACTORY_INIT_VERSION " starting (%s)", mode);
@@ -623,23 +645,21 @@ __attribute__((noreturn)) void stage1_run(int argc, char **argv)
 	modules_step(&st);
 
 	t = now_ms();
-	struct dev_spec root_spec = {p.root[0] == '/' ? PERSIST_PATH : PERSIST_TAG, p.root};
+	struct dev_spec root_spec = {p.root_kind, p.root, 0};
 	struct blockdev rootdev;
-	char why[512] = "", opts[PLAN_STR + 8];
+	char why[512] = "";
 	int r = devices_wait(&root_spec, p.root_timeout_s * 1000u, &rootdev);
 	if (r < 0)
 		fatal(&p, &st, "the factory root %s did not appear within %u s", p.root,
 		      p.root_timeout_s);
-	snprintf(opts, sizeof(opts), "%s%s%s", p.root_rw ? "rw" : "ro", *p.rootflags ? "," : "",
-		 p.rootflags);
 	mkdir("/sysroot", 0755);
 	/* The probe already read the type: spare libmount a second probe of the same disk. */
 	const char *fstype = *p.rootfstype ? p.rootfstype : rootdev.type;
-	r = mount_fs(rootdev.devname, "/sysroot", fstype, opts, why, sizeof(why));
+	r = mount_fs(rootdev.devname, "/sysroot", fstype, p.root_options, why, sizeof(why));
 	status_step(&st, "root", now_ms() - t, r);
 	if (r < 0)
 		fatal(&p, &st, "%s", why);
-	log_info("mounted the factory root %s on /sysroot (%s)", rootdev.devname, opts);
+	log_info("mounted the factory root %s on /sysroot (%s)", rootdev.devname, p.root_options);
 
 	persist_setup(&p, &st, "/sysroot");
 	st.total_ms = now_ms() - t0;

@@ -197,17 +197,3 @@ char *status_to_json(const struct status *st)
 	json_object_put(o);
 	return text;
 }
-
-int status_write(const struct status *st, const char *root)
-{
-	char dir[PATH_MAX], path[PATH_MAX];
-	snprintf(dir, sizeof(dir), "%s%s", root, STATUS_DIR);
-	snprintf(path, sizeof(path), "%s/status.json", dir);
-	int r = make_dirs(dir, 0755);
-	if (r < 0)
-		return r;
-	_cleanup_free_ char *text = status_to_json(st);
-	if (!text)
-		return -ENOMEM;
-	return write_file_atomic(path, text, strlen(text), 0644);
-}

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-/* What stage 1 did and how long each step took: /run/factory-init/status.json. */
+/* What stage 1 did and how long each step took: /run/factory-init/status.json. Pure: the record
+ * only; stage1.c writes it. */
 #ifndef FACTORY_INIT_STATUS_H
 #define FACTORY_INIT_STATUS_H
 
@@ -83,9 +84,7 @@ void status_attempt(struct status *st, const char *device, const char *method, c
 void status_candidate(struct status *st, const char *device, const char *type, const char *label,
 		      const char *verdict, const char *detail);
 void status_step(struct status *st, const char *name, uint64_t ms, int result);
-/* Pure: the status as JSON text; the caller frees it. */
+/* The status as JSON text; the caller frees it. (Written by the executor: stage1.c.) */
 char *status_to_json(const struct status *st);
-/* Writes STATUS_DIR/status.json (under root, "" for /) atomically. */
-int status_write(const struct status *st, const char *root);
 
 #endif

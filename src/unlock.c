@@ -130,14 +130,6 @@ static int try_key(struct chain *c, const char *method, const char *source, int 
 	return attempt_done(c, method, source, r, t0);
 }
 
-static bool may_prompt(const struct chain *c)
-{
-	for (size_t i = 0; i < c->p->n_methods; i++)
-		if (c->p->methods[i] == UNLOCK_PASSPHRASE)
-			return true;
-	return false;
-}
-
 static int try_tpm2(struct chain *c)
 {
 	int id = 0, r = -ENOENT;
@@ -156,7 +148,7 @@ static int try_tpm2(struct chain *c)
 		/* A PIN token gets vm.luks.tries PIN prompts (the TPM counts each wrong PIN towards
 		 * its dictionary-attack lockout, as with systemd-cryptsetup's tries=); none for a
 		 * token tpm2_unseal will refuse anyway. */
-		bool ask = tok.pin && may_prompt(c) && !tpm2_token_unsupported(&tok);
+		bool ask = tok.pin && c->p->may_prompt && !tpm2_token_unsupported(&tok);
 		/* A token that needs typing waits for the prompt round; the others are tried in
 		 * the quiet round, so no one is asked while a key that needs no one would do. */
 		if (ask != (c->round == UNLOCK_ROUND_PROMPT)) {

@@ -322,6 +322,27 @@ static void test_smbios_fuzz(void **state)
 	}
 }
 
+/* The command line as plan_build hands it over: parsed once. */
+static int parse_cmdline_creds(const char *text, struct credentials *set)
+{
+	struct cmdline c;
+	int r = cmdline_parse(text, &c);
+	if (r < 0)
+		return r;
+	r = credentials_parse_cmdline(&c, set, collect, NULL);
+	cmdline_free(&c);
+	return r;
+}
+
+static bool import_enabled(const char *text)
+{
+	struct cmdline c;
+	assert_int_equal(cmdline_parse(text, &c), 0);
+	bool on = credentials_import_enabled(&c);
+	cmdline_free(&c);
+	return on;
+}
+
 static void test_cmdline(void **state)
 {
 	(void)state;
@@ -339,7 +360,7 @@ static void test_cmdline(void **state)
 			   "rd.systemd.set_credential=rd:x "
 			   "xsystemd.set_credential=other:x "
 			   "-- systemd.set_credential=init:x";
-	assert_int_equal(credentials_parse_cmdline(text, &set, collect, NULL), 0);
+	assert_int_equal(parse_cmdline_creds(text, &set), 0);
 	assert_int_equal(set.n, 5);
 	assert_string_equal(value_of(&set, "a"), "b:c=d");
 	assert_string_equal(value_of(&set, "motd"), "hello world");
@@ -356,34 +377,32 @@ static void test_cmdline(void **state)
 	assert_warned("credential \"\" from cmdline: invalid name");
 	assert_int_equal(n_warnings, 5);
 	/* A repeated name: the first one stays, as in systemd. */
-	assert_int_equal(
-	    credentials_parse_cmdline("systemd.set_credential=a:second", &set, collect, NULL), 0);
+	assert_int_equal(parse_cmdline_creds("systemd.set_credential=a:second", &set), 0);
 	assert_string_equal(value_of(&set, "a"), "b:c=d");
 	assert_warned("credential a from cmdline ignored: already set from cmdline");
 	credentials_free(&set);
 	/* Nothing to do, or too long a text. */
-	assert_int_equal(credentials_parse_cmdline("", &set, collect, NULL), 0);
+	assert_int_equal(parse_cmdline_creds("", &set), 0);
 	assert_int_equal(set.n, 0);
 	char *huge = malloc(CMDLINE_MAX + 2);
 	memset(huge, 'x', CMDLINE_MAX + 1);
 	huge[CMDLINE_MAX + 1] = '\0';
-	assert_int_equal(credentials_parse_cmdline(huge, &set, collect, NULL), -E2BIG);
+	assert_int_equal(parse_cmdline_creds(huge, &set), -E2BIG);
 	free(huge);
 }
 
 static void test_import_enabled(void **state)
 {
 	(void)state;
-	assert_true(credentials_import_enabled(""));
-	assert_true(credentials_import_enabled("quiet"));
-	assert_false(credentials_import_enabled("systemd.import_credentials=0"));
-	assert_false(credentials_import_enabled("systemd.import-credentials=no"));
-	assert_false(credentials_import_enabled("systemd.import_credentials=off"));
-	assert_true(credentials_import_enabled("systemd.import_credentials=false "
-					       "systemd.import_credentials"));
-	assert_true(credentials_import_enabled("systemd.import_credentials=maybe"));
-	assert_false(credentials_import_enabled(
-	    "systemd.import_credentials=0 systemd.import_credentials=x"));
+	assert_true(import_enabled(""));
+	assert_true(import_enabled("quiet"));
+	assert_false(import_enabled("systemd.import_credentials=0"));
+	assert_false(import_enabled("systemd.import-credentials=no"));
+	assert_false(import_enabled("systemd.import_credentials=off"));
+	assert_true(import_enabled("systemd.import_credentials=false "
+				   "systemd.import_credentials"));
+	assert_true(import_enabled("systemd.import_credentials=maybe"));
+	assert_false(import_enabled("systemd.import_credentials=0 systemd.import_credentials=x"));
 }
 
 static void test_precedence_and_limits(void **state)

@@ -80,8 +80,13 @@ static void test_full_line(void **state)
 	/* Control and secret keys never land in the config handed to stage 2. */
 	assert_null(cfg(&p, "luks.key"));
 	assert_null(cfg(&p, "store"));
-	assert_int_equal(p.n_init_args, 1);
-	assert_string_equal(p.init_args[0], "single");
+	/* Decisions the executor takes as they are. */
+	assert_string_equal(p.root_options, "rw,noatime");
+	assert_int_equal(p.root_kind, PERSIST_TAG);
+	assert_true(p.may_prompt);
+	assert_false(p.read_credentials_dir);
+	plan_set_mode(&p, true);
+	assert_true(p.read_credentials_dir);
 	assert_int_equal(p.n_warnings, 0);
 	plan_free(&p);
 }
