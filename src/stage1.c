@@ -117,15 +117,16 @@ static int open_candidates(const struct plan *p, struct status *st,
 	bool failed[MAX_CANDIDATES] = {false}; /* some attempt (or the header) failed */
 	uint64_t t = now_ms();
 	int r = -ENOENT, won = -1;
+	bool any_luks = false;
 	unlock_setup(p->debug);
 	for (int round = UNLOCK_ROUND_QUIET; round <= UNLOCK_ROUND_PROMPT && won < 0; round++)
 		for (size_t i = 0; i < n_try && won < 0; i++) {
 			struct persist_candidate *c = &cands->c[i];
 			if (c->verdict != CAND_TRY || !is_luks(c))
 				continue;
-			if (!st->luks) {
+			if (!any_luks) {
 				/* The status names the first LUKS candidate until one is used. */
-				st->luks = true;
+				any_luks = st->luks = true;
 				strscpy(st->device, c->dev.devname, sizeof(st->device));
 				strscpy(st->fstype, c->dev.type, sizeof(st->fstype));
 			}
@@ -144,7 +145,7 @@ static int open_candidates(const struct plan *p, struct status *st,
 			else
 				mount_failed = true;
 		}
-	if (won < 0 && st->luks)
+	if (won < 0 && any_luks)
 		status_step(st, "unlock", now_ms() - t, r < 0 ? r : -ENOKEY);
 	for (size_t i = 0; i < n_try; i++)
 		if (cands->c[i].verdict == CAND_TRY && is_luks(&cands->c[i])) {
