@@ -121,10 +121,11 @@ let
       ]));
 
     systemd-bind =
-      let c = withInitrd { systemd = true; extra = { storeMode = "bind"; device = "LABEL=persist"; timeout = 30; }; }; in
+      let c = withInitrd { systemd = true; extra = { storeMode = "bind"; device = "LABEL=persist"; timeout = 30; encrypted = "yes"; }; }; in
       toplevel c (systemdChecks c (json: [
         (check (json.store == "bind" && json.persist == "LABEL=persist" && json."persist.timeout" == "30")
           "bind mode, device, timeout")
+        (check (json."persist.encrypted" == "yes") "encrypted reaches vm.persist.encrypted")
         (check (registers c) "bind mode registers the factory paths too")
       ]));
 
