@@ -23,9 +23,10 @@ import statistics
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.dont_write_bytecode = True   # keep qemu-tests/ free of __pycache__
 sys.path.insert(0, HERE)
 import harness  # noqa: E402
-import run  # noqa: E402
+import context  # noqa: E402
 from harness import Disk  # noqa: E402
 
 
@@ -34,17 +35,17 @@ def main():
     # BENCH_CPU=max gives the guest SSSE3/AVX2 (as a KVM host CPU would); default: QEMU's qemu64.
     cpu = os.environ.get("BENCH_CPU")
     extra = ["-cpu", cpu] if cpu else []
-    ctx = run.Context(os.path.join(run.TOP, "build", "bench"), icount=True)
+    ctx = context.Context(os.path.join(context.TOP, "build", "bench"), icount=True)
     d = ctx.disks
     with open(d.key) as f:
         key = f.read()
     floor = ctx.floor_initrd()
-    fi = run.fi_initrd(ctx, "bench")
+    fi = context.fi_initrd(ctx, "bench")
     vdb = harness.overlay(d.luks, ctx.path("bench-vdb.qcow2"))
     disks = [Disk(d.factory), Disk(vdb, "qcow2", snapshot=False)]
-    append = f"{run.FI_APPEND} vm.luks.key={key}"
+    append = f"{context.FI_APPEND} vm.luks.key={key}"
     warm = ctx.boot("bench-warmup", fi, disks, append, timeout=300, extra_args=extra)
-    if run.STATUS not in warm.files or warm.json(run.STATUS)["outcome"] != "persist":
+    if context.STATUS not in warm.files or warm.json(context.STATUS)["outcome"] != "persist":
         print(f"warm-up boot failed: {warm.log_path}")
         return 1
     floor_up, fi_up, steps = [], [], {}
@@ -56,7 +57,7 @@ def main():
             return 1
         floor_up.append(r.uptime)
         r = ctx.boot(f"bench-fi-{i}", fi, disks, append, timeout=300, extra_args=extra)
-        st = r.json(run.STATUS) if run.STATUS in r.files else None
+        st = r.json(context.STATUS) if context.STATUS in r.files else None
         if r.uptime is None or not st or st["outcome"] != "persist":
             print(f"factory-init boot {i} failed: {r.log_path}")
             return 1
@@ -78,7 +79,7 @@ def main():
         "steps_ms": {k: statistics.median(v) for k, v in steps.items()},
         "initrd_bytes": os.path.getsize(fi),
         "floor_initrd_bytes": os.path.getsize(floor),
-        "binary_bytes": os.path.getsize(run.FACTORY_INIT),
+        "binary_bytes": os.path.getsize(context.FACTORY_INIT),
     }
     with open(ctx.path(f"results-{res['cpu']}.json"), "w") as f:
         json.dump(res, f, indent=2)

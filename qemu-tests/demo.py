@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """demo.py - the README's main job: boot a factory VM twice, headless, and show the pipeline.
 
-Builds the test kernel, disks and a factory-init initrd (via run.py's Context), gives the VM a
-fresh copy-on-write data disk (LUKS2 + Btrfs, key on the kernel command line), boots it twice
+Builds the test kernel, disks and a factory-init initrd (via context.py's Context), gives the VM
+a fresh copy-on-write data disk (LUKS2 + Btrfs, key on the kernel command line), boots it twice
 under QEMU -accel tcg, and prints what factory-init logged, the status it recorded, the config
 handed to stage 2, and the marker that boot 1 wrote under /nix and boot 2 found again.
 """
@@ -12,9 +12,10 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.dont_write_bytecode = True   # keep qemu-tests/ free of __pycache__
 sys.path.insert(0, HERE)
 import harness  # noqa: E402
-import run  # noqa: E402
+import context  # noqa: E402
 from harness import Disk  # noqa: E402
 
 
@@ -25,11 +26,11 @@ def show(title, r):
     for line in r.kmsg:
         if "factory-init[1]" in line:
             print("   ", line)
-    st = r.json(run.STATUS)
-    print(f"--- {run.STATUS}: outcome={st['outcome']} device={st['device']} "
+    st = r.json(context.STATUS)
+    print(f"--- {context.STATUS}: outcome={st['outcome']} device={st['device']} "
           f"unlock={st['unlock']} store={st['store']} total={st['total_ms']} ms")
     print("    steps: " + ", ".join(f"{s['name']} {s['ms']} ms" for s in st["steps"]))
-    for path in (run.PERSIST_CONFIG,):
+    for path in (context.PERSIST_CONFIG,):
         if path in r.files:
             print(f"--- {path}: {json.dumps(r.json(path))}")
     for m in ("/persist", "/nix", "/nix/.ro-store"):
@@ -40,23 +41,23 @@ def show(title, r):
 
 
 def main():
-    ctx = run.Context(os.path.join(run.TOP, "build", "demo"), echo="--echo" in sys.argv)
+    ctx = context.Context(os.path.join(context.TOP, "build", "demo"), echo="--echo" in sys.argv)
     d = ctx.disks
     with open(d.key) as f:
         key = f.read()
-    initrd = run.fi_initrd(ctx, "demo", config={"hostname": "factory",
-                                                 "repo": "https://git.example.org/fleet.git",
-                                                 "branch": "main"})
+    initrd = context.fi_initrd(ctx, "demo", config={"hostname": "factory",
+                                                     "repo": "https://git.example.org/fleet.git",
+                                                     "branch": "main"})
     vdb = harness.overlay(d.luks, ctx.path("demo-vdb.qcow2"))
     disks = [Disk(d.factory), Disk(vdb, "qcow2", snapshot=False)]
-    append = f"{run.FI_APPEND} vm.hostname=demo-1 vm.branch=demo vm.luks.key={key}"
+    append = f"{context.FI_APPEND} vm.hostname=demo-1 vm.branch=demo vm.luks.key={key}"
     print(f"kernel: {ctx.kernel}\ninitrd: {initrd} ({os.path.getsize(initrd)} bytes)")
     print(f"data disk: {vdb} (copy-on-write over {d.luks})")
     print(f"append: {append.replace(key, '<test key>')}")
     results = []
     for n in (1, 2):
         r = ctx.boot(f"demo-boot{n}", initrd, disks, append)
-        if not r.stage2 or run.STATUS not in r.files:
+        if not r.stage2 or context.STATUS not in r.files:
             print(f"boot {n} did not reach stage 2; console log: {r.log_path}\n{r.tail(40)}")
             return 1
         show(f"boot {n}", r)
