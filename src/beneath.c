@@ -103,8 +103,7 @@ int beneath_open(int dirfd, const char *rel, int flags, mode_t mode)
 	return walk_open(dirfd, rel, flags, mode);
 }
 
-/* Splits rel into its parent (opened beneath dirfd, or dirfd itself) and its last component. */
-static int open_parent(int dirfd, const char *rel, char *last, size_t last_len)
+int beneath_open_parent(int dirfd, const char *rel, char *last, size_t last_len)
 {
 	if (!valid_rel(rel))
 		return -EINVAL;
@@ -121,13 +120,14 @@ static int open_parent(int dirfd, const char *rel, char *last, size_t last_len)
 		return -ENAMETOOLONG;
 	memcpy(parent, rel, n);
 	parent[n] = '\0';
-	return beneath_open(dirfd, parent, O_PATH | O_DIRECTORY, 0);
+	/* Readable, not O_PATH: callers fsync it after a rename. */
+	return beneath_open(dirfd, parent, O_RDONLY | O_DIRECTORY, 0);
 }
 
 int beneath_lstat(int dirfd, const char *rel, struct stat *st)
 {
 	char last[256];
-	_cleanup_close_ int pfd = open_parent(dirfd, rel, last, sizeof(last));
+	_cleanup_close_ int pfd = beneath_open_parent(dirfd, rel, last, sizeof(last));
 	if (pfd < 0)
 		return pfd;
 	return fstatat(pfd, last, st, AT_SYMLINK_NOFOLLOW) < 0 ? -errno : 0;
@@ -179,7 +179,8 @@ int beneath_mkdirs(int dirfd, const char *rel, mode_t mode)
 		int r = beneath_lstat(dirfd, buf, &st);
 		if (r == -ENOENT) {
 			char last[256];
-			_cleanup_close_ int pfd = open_parent(dirfd, buf, last, sizeof(last));
+			_cleanup_close_ int pfd =
+			    beneath_open_parent(dirfd, buf, last, sizeof(last));
 			if (pfd < 0)
 				return pfd;
 			if (mkdirat(pfd, last, mode) < 0 && errno != EEXIST)

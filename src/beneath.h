@@ -36,6 +36,13 @@ int beneath_read(int dirfd, const char *rel, size_t max, char **out, size_t *out
  */
 int beneath_mkdirs(int dirfd, const char *rel, mode_t mode);
 
+/*
+ * Splits rel into its last component (copied to last) and its parent, opened beneath dirfd as a
+ * readable directory (a duplicate of dirfd when rel has no '/'). Returns the fd or a negative
+ * errno.
+ */
+int beneath_open_parent(int dirfd, const char *rel, char *last, size_t last_len);
+
 /* What lstat says rel beneath dirfd is, reached without links: 0 with *st, or a negative errno. */
 int beneath_lstat(int dirfd, const char *rel, struct stat *st);
 

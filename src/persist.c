@@ -38,25 +38,18 @@ int persist_read_marker(int dirfd, const char *rel, char *out, size_t out_len)
 
 int persist_move_aside(int dirfd, const char *rel, char *moved_to, size_t moved_len)
 {
-	const char *slash = strrchr(rel, '/');
-	const char *last = slash ? slash + 1 : rel;
-	char parent[4096];
-	size_t plen = slash ? (size_t)(slash - rel) : 0;
-	if (plen >= sizeof(parent))
-		return -ENAMETOOLONG;
-	memcpy(parent, rel, plen);
-	parent[plen] = '\0';
-	_cleanup_close_ int pfd = plen ? beneath_open(dirfd, parent, O_PATH | O_DIRECTORY, 0)
-				       : fcntl(dirfd, F_DUPFD_CLOEXEC, 3);
+	char last[256];
+	_cleanup_close_ int pfd = beneath_open_parent(dirfd, rel, last, sizeof(last));
 	if (pfd < 0)
-		return pfd == -1 ? -errno : pfd;
+		return pfd;
+	size_t plen = strlen(rel) - strlen(last);
 	char name[300];
 	for (int i = 0; i < 100; i++) {
 		snprintf(name, sizeof(name), "%s.bad%s%.0d", last, i ? "." : "", i);
 		/* RENAME_NOREPLACE: never overwrite an earlier one (no data is lost). */
 		if (renameat2(pfd, last, pfd, name, RENAME_NOREPLACE) == 0) {
-			snprintf(moved_to, moved_len, "%s%s%s", parent, plen ? "/" : "", name);
-			return fsync(pfd) < 0 && errno != EBADF ? -errno : 0;
+			snprintf(moved_to, moved_len, "%.*s%s", (int)plen, rel, name);
+			return fsync(pfd) < 0 ? -errno : 0;
 		}
 		if (errno != EEXIST)
 			return -errno;
