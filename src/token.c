@@ -311,6 +311,88 @@ static int parse_keyslots(struct tpm2_token *t, json_object *v, char *why, size_
 	return 0;
 }
 
+/* A positive integer member no larger than max; 0 when absent. */
+static int get_count(json_object *o, const char *field, uint64_t max, uint64_t *out, char *why,
+		     size_t why_len)
+{
+	json_object *v;
+	*out = 0;
+	if (!member(o, field, &v))
+		return 0;
+	if (!json_object_is_type(v, json_type_int))
+		return fail(why, why_len, "%s: not an integer", field);
+	/* json-c keeps an integer as int64 or, above INT64_MAX, as uint64; a negative one reads
+	 * as 0 through get_uint64. */
+	uint64_t n = json_object_get_int64(v) < 0 ? 0 : json_object_get_uint64(v);
+	if (n == 0 || n > max)
+		return fail(why, why_len, "%s: out of range", field);
+	*out = n;
+	return 0;
+}
+
+/* tpm2_argon2id_* (262): all three, non-zero, with a salt and a PIN, or none (as systemd). */
+static int parse_argon2id(json_object *o, struct tpm2_token *t, char *why, size_t why_len)
+{
+	uint64_t mem, it, lanes;
+	int r;
+	if ((r = get_count(o, "tpm2_argon2id_memcost", UINT64_MAX, &mem, why, why_len)) < 0 ||
+	    (r = get_count(o, "tpm2_argon2id_iterations", UINT32_MAX, &it, why, why_len)) < 0 ||
+	    (r = get_count(o, "tpm2_argon2id_lanes", UINT32_MAX, &lanes, why, why_len)) < 0)
+		return r;
+	if (!mem && !it && !lanes)
+		return 0;
+	if (!mem || !it || !lanes)
+		return fail(why, why_len, "tpm2_argon2id_*: incomplete Argon2id parameters");
+	if (!t->salt_len)
+		return fail(why, why_len, "tpm2_argon2id_*: Argon2id without tpm2_salt");
+	if (!t->pin)
+		return fail(why, why_len, "tpm2_argon2id_*: Argon2id without tpm2-pin");
+	t->argon2id_memcost = mem;
+	t->argon2id_iterations = (uint32_t)it;
+	t->argon2id_lanes = (uint32_t)lanes;
+	return 0;
+}
+
+/*
+ * Every tpm2* member that systemd 252 to 262 writes (and tpm2_pubkey_ref, which comes with a
+ * signed policy). Any other tpm2* member may change how the secret is derived.
+ */
+static const char *const known_members[] = {
+    "tpm2-blob",
+    "tpm2-pcrs",
+    "tpm2-pcr-bank",
+    "tpm2-primary-alg",
+    "tpm2-policy-hash",
+    "tpm2-pin",
+    "tpm2_pcrlock",
+    "tpm2_salt",
+    "tpm2_pubkey_pcrs",
+    "tpm2_pubkey",
+    "tpm2_pubkey_ref",
+    "tpm2_srk",
+    "tpm2_pcrlock_nv",
+    "tpm2_argon2id_memcost",
+    "tpm2_argon2id_iterations",
+    "tpm2_argon2id_lanes",
+};
+
+static void find_unknown(json_object *o, struct tpm2_token *t)
+{
+	json_object_object_foreach(o, key, val)
+	{
+		(void)val;
+		if (strncmp(key, "tpm2", 4) != 0)
+			continue; /* type, keyslots, ours; systemd ignores other members too */
+		bool known = false;
+		for (size_t i = 0; i < ARRAY_SIZE(known_members) && !known; i++)
+			known = strcmp(key, known_members[i]) == 0;
+		if (!known) {
+			snprintf(t->unknown, sizeof(t->unknown), "member %.32s", key);
+			return;
+		}
+	}
+}
+
 static int parse_fields(json_object *o, struct tpm2_token *t, char *why, size_t why_len)
 {
 	json_object *v;
@@ -415,9 +497,14 @@ static int parse_fields(json_object *o, struct tpm2_token *t, char *why, size_t 
 		t->pcrlock_nv = true;
 	}
 
+	r = parse_argon2id(o, t, why, why_len);
+	if (r < 0)
+		return r;
+
 	if (member(o, TPM2_TOKEN_PCR_VALUES_KEY, &v) &&
 	    (r = parse_pcr_values(t, v, why, why_len)) < 0)
 		return r;
+	find_unknown(o, t);
 	return 0;
 }
 
@@ -466,6 +553,8 @@ const char *tpm2_token_unsupported(const struct tpm2_token *t)
 		return "sharded tpm2-blob";
 	if (t->blob_seed)
 		return "tpm2-blob import seed";
+	if (t->unknown[0])
+		return t->unknown;
 	return NULL;
 }
 
@@ -512,6 +601,9 @@ static int check_buildable(const struct tpm2_token *t)
 	    strcmp(t->primary_alg, "rsa") != 0)
 		return -EINVAL;
 	if (t->salt_len > sizeof(t->salt) || (t->srk && (t->srk_len == 0 || t->srk_len > SRK_MAX)))
+		return -EINVAL;
+	if (t->argon2id_memcost &&
+	    (!t->argon2id_iterations || !t->argon2id_lanes || !t->salt_len || !t->pin))
 		return -EINVAL;
 	if (t->pcr_values_mask) {
 		if (t->pcr_values_mask & ~t->pcr_mask || !digest_size_valid(t->pcr_value_len) ||
@@ -604,6 +696,11 @@ static bool build_fields(json_object *o, const struct tpm2_token *t)
 	if (t->salt_len && !add(o, "tpm2_salt", base64_string(t->salt, t->salt_len)))
 		return false;
 	if (t->srk && !add(o, "tpm2_srk", base64_string(t->srk, t->srk_len)))
+		return false;
+	if (t->argon2id_memcost &&
+	    (!add(o, "tpm2_argon2id_memcost", json_object_new_uint64(t->argon2id_memcost)) ||
+	     !add(o, "tpm2_argon2id_iterations", json_object_new_int64(t->argon2id_iterations)) ||
+	     !add(o, "tpm2_argon2id_lanes", json_object_new_int64(t->argon2id_lanes))))
 		return false;
 
 	if (t->pcr_values_mask) {

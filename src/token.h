@@ -12,6 +12,14 @@
  *        seed of an object sealed offline (--tpm2-device-key), to be imported first
  *   256  + tpm2_pcrlock_nv; tpm2-pin and tpm2_pcrlock only when true
  *   257  tpm2-blob and tpm2-policy-hash may be arrays ("shards": pcrlock and a signed policy)
+ *   262  + tpm2_argon2id_memcost (bytes), tpm2_argon2id_iterations, tpm2_argon2id_lanes with
+ *        --tpm2-with-pin=yes: the PIN goes through Argon2id (salt tpm2_salt, 64 bytes out); the
+ *        second half, base64, is the PIN the TPM sees, and the unsealed secret is mixed with the
+ *        first half by HKDF-SHA256 before it becomes the passphrase (see pinkdf.h).
+ *        --tpm2-with-pin=direct keeps the 253 form.
+ * A member named tpm2* that none of these versions writes may change how the secret is derived:
+ * such a token parses, but tpm2_token_unsupported names the member, so it is skipped before a
+ * PIN is asked and before the TPM sees an auth value.
  * With no PCR selected, 252 writes no tpm2-pcr-bank (seen here with Debian 12).
  *
  * Our extension: "factory-init-pcr-values": {"7": "<hex digest>", ...}, the bank's PCR values at
@@ -56,11 +64,17 @@ struct tpm2_token {
 	uint8_t *srk;	  /* tpm2_srk (254+): serialized ESYS_TR of the parent, or NULL */
 	size_t srk_len;
 
+	/* tpm2_argon2id_* (262+), all three or none; memcost 0 = the PIN is not put through it. */
+	uint64_t argon2id_memcost; /* bytes */
+	uint32_t argon2id_iterations;
+	uint32_t argon2id_lanes;
+
 	/* Features we do not support (tpm2_token_unsupported names them). */
 	bool pcrlock;		  /* tpm2_pcrlock: true */
 	bool pcrlock_nv;	  /* tpm2_pcrlock_nv present */
 	bool pubkey;		  /* tpm2_pubkey present: signed PCR policy (PolicyAuthorize) */
 	uint32_t pubkey_pcr_mask; /* tpm2_pubkey_pcrs */
+	char unknown[48];	  /* "member tpm2_x": the first tpm2* member we do not know */
 
 	/* Our extension: the PCR values at enrollment (pcr_value_len bytes each). */
 	uint8_t pcr_values[TPM2_PCRS][64];
@@ -78,7 +92,8 @@ int tpm2_token_parse(const char *json_text, struct tpm2_token *out, char *why, s
 
 /*
  * NULL when factory-init can unseal this token; else a short name of the feature it cannot:
- * "tpm2_pcrlock", "tpm2_pubkey", "sharded tpm2-blob", "tpm2-blob import seed".
+ * "tpm2_pcrlock", "tpm2_pubkey", "sharded tpm2-blob", "tpm2-blob import seed", or
+ * "member tpm2_x" for a tpm2* member no systemd up to 262 writes.
  */
 const char *tpm2_token_unsupported(const struct tpm2_token *t);
 

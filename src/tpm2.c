@@ -9,13 +9,13 @@
 #define _GNU_SOURCE
 #include "tpm2.h"
 #include "base64.h"
+#include "pinkdf.h"
 #include "log.h"
 #include "token.h"
 #include "tpm2_policy.h"
 
 #include <ctype.h>
 #include <errno.h>
-#include <nettle/pbkdf2.h>
 #include <nettle/sha1.h>
 #include <nettle/sha2.h>
 #include <stdio.h>
@@ -300,27 +300,6 @@ static int read_pcrs(struct tpm *t, TPMI_ALG_HASH alg, uint32_t mask, uint8_t va
 	return 0;
 }
 
-/* The TPM auth value systemd derives from a PIN (with the token's salt where there is one). */
-static void pin_auth(const struct tpm2_token *tok, const struct secret *pin, TPM2B_AUTH *auth)
-{
-	struct sha256_ctx h;
-	auth->size = SHA256_DIGEST_SIZE;
-	sha256_init(&h);
-	if (tok->salt_len > 0) {
-		uint8_t derived[32];
-		char b64[BASE64_ENCODED_LEN(32) + 1];
-		pbkdf2_hmac_sha256(pin->len, (const uint8_t *)pin->data, 10000, tok->salt_len,
-				   tok->salt, sizeof(derived), derived);
-		size_t n = base64_encode(derived, sizeof(derived), b64);
-		sha256_update(&h, n, (const uint8_t *)b64);
-		explicit_bzero(derived, sizeof(derived));
-		explicit_bzero(b64, sizeof(b64));
-	} else {
-		sha256_update(&h, pin->len, (const uint8_t *)pin->data);
-	}
-	sha256_digest(&h, SHA256_DIGEST_SIZE, auth->buffer);
-}
-
 /* Starts a policy session salted by the primary key, AES-128-CFB for parameters. */
 static int start_session(struct tpm *t, ESYS_TR salt_key, ESYS_TR *session, char *why,
 			 size_t why_len)
@@ -414,7 +393,7 @@ static int secret_to_passphrase(const uint8_t *data, size_t n, struct secret *ou
 	return r;
 }
 
-static int unseal_once(struct tpm *t, const struct tpm2_token *tok, const struct secret *pin,
+static int unseal_once(struct tpm *t, const struct tpm2_token *tok, const struct pin_derived *pin,
 		       struct secret *out, char *why, size_t why_len)
 {
 	ESYS_TR primary = ESYS_TR_NONE, obj = ESYS_TR_NONE, session = ESYS_TR_NONE;
@@ -481,8 +460,8 @@ static int unseal_once(struct tpm *t, const struct tpm2_token *tok, const struct
 		goto out;
 	}
 	if (tok->pin) {
-		TPM2B_AUTH auth = {0};
-		pin_auth(tok, pin, &auth);
+		TPM2B_AUTH auth = {.size = SHA256_DIGEST_SIZE};
+		pinkdf_auth(pin, auth.buffer);
 		rc = Esys_TR_SetAuth(t->esys, obj, &auth);
 		explicit_bzero(&auth, sizeof(auth));
 		if (rc != TSS2_RC_SUCCESS) {
@@ -521,7 +500,11 @@ static int unseal_once(struct tpm *t, const struct tpm2_token *tok, const struct
 		goto out;
 	}
 	log_debug("TPM2: policy and unseal in %llu ms", (unsigned long long)(now_ms() - t0));
-	r = secret_to_passphrase(data->buffer, data->size, out);
+	uint8_t secret[sizeof(data->buffer)];
+	size_t n =
+	    pinkdf_secret(tok->pin ? pin : NULL, data->buffer, data->size, secret, sizeof(secret));
+	r = n ? secret_to_passphrase(secret, n, out) : -EINVAL;
+	explicit_bzero(secret, sizeof(secret));
 	explicit_bzero(data->buffer, sizeof(data->buffer));
 out:
 	Esys_Free(data);
@@ -550,17 +533,40 @@ int tpm2_unseal(const char *tcti, const struct tpm2_token *tok, const struct sec
 		snprintf(why, why_len, "the token needs a TPM2 PIN and none can be asked for");
 		return -ENOKEY;
 	}
+	/* The PIN's derivation first (Argon2id takes seconds): the TPM session stays short. */
+	struct pin_derived d = {0};
+	int r = 0;
+	if (tok->pin) {
+		uint64_t t0 = now_ms();
+		r = pinkdf_derive(tok, pin, &d);
+		if (r < 0) {
+			snprintf(why, why_len, "%s",
+				 r == -EINVAL ? "an empty PIN cannot open an Argon2id PIN token"
+					      : "Argon2id of the PIN failed");
+			pinkdf_wipe(&d);
+			return r == -EINVAL ? -EACCES : r;
+		}
+		if (d.argon2id)
+			log_info(
+			    "TPM2: Argon2id of the PIN (%llu MiB, %u passes, %u lanes) in %llu ms",
+			    (unsigned long long)(tok->argon2id_memcost >> 20),
+			    tok->argon2id_iterations, tok->argon2id_lanes,
+			    (unsigned long long)(now_ms() - t0));
+	}
 	struct tpm t;
-	int r = tpm_open(tcti, &t, why, why_len);
-	if (r < 0)
+	r = tpm_open(tcti, &t, why, why_len);
+	if (r < 0) {
+		pinkdf_wipe(&d);
 		return r;
+	}
 	/* A PCR extended between PolicyPCR and Unseal voids the session: try again, briefly. */
 	for (int attempt = 0; attempt < 3; attempt++) {
-		r = unseal_once(&t, tok, pin, out, why, why_len);
+		r = unseal_once(&t, tok, &d, out, why, why_len);
 		if (r != -EAGAIN)
 			break;
 	}
 	tpm_close(&t);
+	pinkdf_wipe(&d);
 	return r;
 }
 

@@ -4,12 +4,14 @@
 #include "credentials.h"
 #include "log.h"
 #include "passphrase.h"
+#include "pinkdf.h"
 #include "plan.h"
 #include "status.h"
 #include "token.h"
 #include "tpm2.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <libcryptsetup.h>
 #include <stdio.h>
 #include <string.h>
@@ -130,6 +132,20 @@ static int try_key(struct chain *c, const char *method, const char *source, int 
 	return attempt_done(c, method, source, r, t0);
 }
 
+/* MemAvailable from /proc/meminfo in bytes; 0 when it cannot be read (then no Argon2id). */
+static uint64_t mem_available(void)
+{
+	_cleanup_free_ char *text = NULL;
+	size_t len = 0;
+	if (read_file("/proc/meminfo", 64 * 1024, &text, &len) < 0)
+		return 0;
+	const char *p = strstr(text, "MemAvailable:");
+	uint64_t kib = 0;
+	if (!p || sscanf(p, "MemAvailable: %" SCNu64, &kib) != 1)
+		return 0;
+	return kib * 1024;
+}
+
 static int try_tpm2(struct chain *c)
 {
 	int id = 0, r = -ENOENT;
@@ -143,6 +159,20 @@ static int try_tpm2(struct chain *c)
 		if ((r = tpm2_token_parse(json, &tok, c->why, sizeof(c->why))) < 0) {
 			if (c->round == UNLOCK_ROUND_QUIET)
 				attempt_done(c, "tpm2", source, r, t0);
+			continue;
+		}
+		/* An Argon2id cost beyond what this machine can give is refused before any PIN is
+		 * asked (in the quiet round, so it is said once). */
+		char refusal[256];
+		if (tok.argon2id_memcost &&
+		    pinkdf_argon2id_refusal(&tok, pinkdf_argon2id_mem_limit(mem_available()),
+					    refusal, sizeof(refusal))) {
+			tpm2_token_free(&tok);
+			r = -EOPNOTSUPP;
+			if (c->round == UNLOCK_ROUND_QUIET) {
+				snprintf(c->why, sizeof(c->why), "%s", refusal);
+				attempt_done(c, "tpm2", source, r, t0);
+			}
 			continue;
 		}
 		/* A PIN token gets vm.luks.tries PIN prompts (the TPM counts each wrong PIN towards

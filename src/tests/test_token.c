@@ -390,6 +390,82 @@ static void test_systemd257_shards(void **state)
 /* ---- malformed tokens ---------------------------------------------------------------------- */
 
 /* The notes' token with one member replaced (value is JSON text) or removed (value NULL). */
+static void test_systemd262_argon2id(void **state)
+{
+	(void)state;
+	make_parts();
+	/* systemd 262, --tpm2-with-pin=yes: the Argon2id parameters last. */
+	char *text = shape("{\"type\":\"systemd-tpm2\",\"keyslots\":[\"1\"],\"tpm2-blob\":\"@B\","
+			   "\"tpm2-pcrs\":[7],\"tpm2-pcr-bank\":\"sha256\",\"tpm2-primary-alg\":"
+			   "\"ecc\",\"tpm2-policy-hash\":\"@H\",\"tpm2-pin\":true,"
+			   "\"tpm2_salt\":\"" SALT_B64 "\",\"tpm2_srk\":\"" SRK_B64 "\","
+			   "\"tpm2_argon2id_memcost\":463470592,\"tpm2_argon2id_iterations\":2,"
+			   "\"tpm2_argon2id_lanes\":2}");
+	struct tpm2_token t;
+	parse_ok(text, &t);
+	assert_true(t.pin);
+	assert_int_equal(t.argon2id_memcost, 463470592);
+	assert_int_equal(t.argon2id_iterations, 2);
+	assert_int_equal(t.argon2id_lanes, 2);
+	assert_null(tpm2_token_unsupported(&t));
+	char *built = tpm2_token_build(&t);
+	assert_non_null(built);
+	struct tpm2_token again;
+	parse_ok(built, &again);
+	assert_int_equal(again.argon2id_memcost, 463470592);
+	assert_int_equal(again.argon2id_lanes, 2);
+	tpm2_token_free(&again);
+	free(built);
+	tpm2_token_free(&t);
+	free(text);
+
+	/* Argon2id with no PIN or no salt is not a token systemd writes or opens. */
+	const char *bad[] = {
+	    "\"tpm2-pin\":true,\"tpm2_argon2id_memcost\":1048576,\"tpm2_argon2id_iterations\":2,"
+	    "\"tpm2_argon2id_lanes\":2",
+	    "\"tpm2-pin\":false,\"tpm2_salt\":\"" SALT_B64 "\",\"tpm2_argon2id_memcost\":1048576,"
+	    "\"tpm2_argon2id_iterations\":2,\"tpm2_argon2id_lanes\":2",
+	};
+	const char *whys[] = {"without tpm2_salt", "without tpm2-pin"};
+	for (size_t i = 0; i < 2; i++) {
+		char tmpl[1024];
+		snprintf(tmpl, sizeof(tmpl),
+			 "{\"type\":\"systemd-tpm2\",\"keyslots\":[\"1\"],\"tpm2-blob\":\"@B\","
+			 "\"tpm2-pcrs\":[7],\"tpm2-policy-hash\":\"@H\",%s}",
+			 bad[i]);
+		char *tx = shape(tmpl);
+		char why[256] = "";
+		struct tpm2_token b;
+		assert_int_equal(tpm2_token_parse(tx, &b, why, sizeof(why)), -EINVAL);
+		assert_non_null(strstr(why, whys[i]));
+		tpm2_token_free(&b);
+		free(tx);
+	}
+}
+
+static void test_unknown_member(void **state)
+{
+	(void)state;
+	make_parts();
+	/* A tpm2* member no systemd writes (yet) makes the token one we skip, by name... */
+	char *text = shape("{\"type\":\"systemd-tpm2\",\"keyslots\":[\"1\"],\"tpm2-blob\":\"@B\","
+			   "\"tpm2-pcrs\":[7],\"tpm2-policy-hash\":\"@H\",\"tpm2-pin\":true,"
+			   "\"tpm2_pin_kdf\":\"scrypt\"}");
+	struct tpm2_token t;
+	parse_ok(text, &t);
+	assert_non_null(tpm2_token_unsupported(&t));
+	assert_string_equal(tpm2_token_unsupported(&t), "member tpm2_pin_kdf");
+	tpm2_token_free(&t);
+	free(text);
+	/* ...and a member that is not tpm2* (libcryptsetup's own, another tool's) does not. */
+	text = shape("{\"type\":\"systemd-tpm2\",\"keyslots\":[\"1\"],\"tpm2-blob\":\"@B\","
+		     "\"tpm2-pcrs\":[7],\"tpm2-policy-hash\":\"@H\",\"x-comment\":\"hi\"}");
+	parse_ok(text, &t);
+	assert_null(tpm2_token_unsupported(&t));
+	tpm2_token_free(&t);
+	free(text);
+}
+
 static void expect_bad(const char *key, const char *value, int rc, const char *why_has)
 {
 	char *base = load("systemd252-pcr7.json");
@@ -420,6 +496,12 @@ static void test_malformed(void **state)
 	(void)state;
 	make_parts();
 	expect_bad("type", NULL, -EINVAL, "type");
+	expect_bad("tpm2_argon2id_memcost", "1048576", -EINVAL, "incomplete Argon2id");
+	expect_bad("tpm2_argon2id_lanes", "0", -EINVAL, "tpm2_argon2id_lanes: out of range");
+	expect_bad("tpm2_argon2id_iterations", "-2", -EINVAL, "tpm2_argon2id_iterations: out of");
+	expect_bad("tpm2_argon2id_iterations", "4294967296", -EINVAL, "out of range");
+	expect_bad("tpm2_argon2id_memcost", "\"64M\"", -EINVAL, "memcost: not an integer");
+	expect_bad("tpm2_argon2id_memcost", "1.5", -EINVAL, "memcost: not an integer");
 	expect_bad("type", "1", -EINVAL, "type");
 	expect_bad("type", "\"luks2-keyring\"", -EMEDIUMTYPE, "type");
 	expect_bad("keyslots", NULL, -EINVAL, "keyslots");
@@ -740,6 +822,8 @@ int main(void)
 	    cmocka_unit_test(test_systemd255),
 	    cmocka_unit_test(test_systemd256),
 	    cmocka_unit_test(test_systemd257_shards),
+	    cmocka_unit_test(test_systemd262_argon2id),
+	    cmocka_unit_test(test_unknown_member),
 	    cmocka_unit_test(test_malformed),
 	    cmocka_unit_test(test_malformed_text),
 	    cmocka_unit_test(test_build_round_trip),
