@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "enroll.h"
 #include "log.h"
+#include "modules.h"
 #include "plan.h"
 #include "seed.h"
 #include "stage1.h"
@@ -18,7 +19,7 @@
 static void usage(FILE *f)
 {
 	fputs("Usage: factory-init                     (as /init, PID 1, in an initrd)\n"
-	      "       factory-init --plan [--cmdline TEXT] [--config FILE]\n"
+	      "       factory-init --plan [--cmdline TEXT] [--config FILE] [--kmoddir DIR]\n"
 	      "       factory-init --root=DIR [--cmdline TEXT] [--config FILE]\n"
 	      "       factory-init enroll-tpm2 DEVICE [--pcrs=LIST] [--tpm2-device=SPEC]\n"
 	      "       factory-init tpm2-check DEVICE [TPM2-DEVICE]\n"
@@ -29,6 +30,9 @@ static void usage(FILE *f)
 	      "\n"
 	      "  --plan          print the plan resolved from the command line and config,\n"
 	      "                  as JSON, without touching the system\n"
+	      "  --kmoddir DIR   with --plan: the modules for the kernel whose\n"
+	      "                  lib/modules/KVER is DIR (built-in and absent ones are\n"
+	      "                  skipped, one line each on stderr)\n"
 	      "  --root=DIR      helper mode, inside another stage 1: only /persist, /nix and\n"
 	      "                  the config, under DIR (which already holds the factory root)\n"
 	      "  --cmdline TEXT  a kernel command line to use instead of /proc/cmdline\n"
@@ -92,7 +96,7 @@ int main(int argc, char **argv)
 	if (argc > 1 && strcmp(argv[1], "copy-store") == 0)
 		return copy_store_main(argc - 1, argv + 1);
 
-	enum { OPT_VERSION = 256, OPT_CMDLINE, OPT_CONFIG, OPT_PLAN, OPT_ROOT };
+	enum { OPT_VERSION = 256, OPT_CMDLINE, OPT_CONFIG, OPT_PLAN, OPT_ROOT, OPT_KMODDIR };
 	static const struct option opts[] = {
 	    {"help", no_argument, NULL, 'h'},
 	    {"version", no_argument, NULL, OPT_VERSION},
@@ -100,9 +104,10 @@ int main(int argc, char **argv)
 	    {"root", required_argument, NULL, OPT_ROOT},
 	    {"cmdline", required_argument, NULL, OPT_CMDLINE},
 	    {"config", required_argument, NULL, OPT_CONFIG},
+	    {"kmoddir", required_argument, NULL, OPT_KMODDIR},
 	    {0},
 	};
-	const char *cmdline = NULL, *config = EMBEDDED_CONFIG_PATH, *root = NULL;
+	const char *cmdline = NULL, *config = EMBEDDED_CONFIG_PATH, *root = NULL, *kmoddir = NULL;
 	bool plan_only = false;
 	int c;
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -125,12 +130,15 @@ int main(int argc, char **argv)
 		case OPT_CONFIG:
 			config = optarg;
 			break;
+		case OPT_KMODDIR:
+			kmoddir = optarg;
+			break;
 		default:
 			usage(stderr);
 			return 2;
 		}
 	}
-	if (optind < argc || plan_only == (root != NULL)) {
+	if (optind < argc || plan_only == (root != NULL) || (kmoddir && !plan_only)) {
 		usage(stderr);
 		return 2;
 	}
@@ -154,9 +162,20 @@ int main(int argc, char **argv)
 		fprintf(stderr, "factory-init: cannot build a plan: %s\n", strerror(-r));
 		return 1;
 	}
-	_cleanup_free_ char *text = plan_to_json(&p);
+	struct module_resolution res;
+	if (kmoddir && (r = modules_resolve(kmoddir, &res)) < 0) {
+		fprintf(stderr, "factory-init: %s: no module indexes (%s); run depmod\n", kmoddir,
+			strerror(-r));
+		plan_free(&p);
+		return 1;
+	}
+	_cleanup_free_ char *text = plan_to_json_for(&p, kmoddir ? &res : NULL);
 	for (size_t i = 0; i < p.n_warnings; i++)
 		fprintf(stderr, "factory-init: warning: %s\n", p.warnings[i]);
+	for (size_t i = 0; kmoddir && i < res.n; i++)
+		if (res.kinds[i] != MODULE_LOADABLE)
+			fprintf(stderr, "factory-init: module %s: %s %s; skipped\n", res.names[i],
+				res.kinds[i] == MODULE_BUILTIN ? "built into" : "not in", res.kver);
 	plan_free(&p);
 	if (!text)
 		return 1;

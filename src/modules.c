@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "modules.h"
 #include "log.h"
+#include "plan.h"
 
 #include <errno.h>
 #include <libkmod.h>
@@ -62,6 +63,14 @@ int modules_load(const char *const *names, size_t n)
 	for (size_t i = 0; i < n; i++) {
 		r = load_one(ctx, names[i]);
 		if (r < 0) {
+			if (r == -ENOENT && !plan_module_required(names[i])) {
+				/* e.g. sha256_ssse3 on 7.x, where the sha256 library took it over
+				 */
+				log_info(
+				    "module %s: not in this kernel or initrd; skipped (optional)",
+				    names[i]);
+				continue;
+			}
 			failed++;
 			log_warn("module %s: %s", names[i],
 				 r == -ENOENT ? "not in this initrd and not built in"
@@ -72,4 +81,39 @@ int modules_load(const char *const *names, size_t n)
 	}
 	kmod_unref(ctx);
 	return failed;
+}
+
+int modules_resolve(const char *kmoddir, struct module_resolution *res)
+{
+	memset(res, 0, sizeof(*res));
+	const char *slash = strrchr(kmoddir, '/');
+	res->kver = slash && slash[1] ? slash + 1 : kmoddir;
+	struct kmod_ctx *ctx = kmod_new(kmoddir, NULL);
+	if (!ctx)
+		return -ENOENT;
+	kmod_set_log_fn(ctx, kmod_log_fn, NULL);
+	int r = kmod_load_resources(ctx);
+	if (r < 0) {
+		kmod_unref(ctx);
+		return r;
+	}
+	res->n = plan_initrd_modules(res->names, ARRAY_SIZE(res->names));
+	for (size_t i = 0; i < res->n; i++) {
+		struct kmod_list *list = NULL, *it;
+		res->kinds[i] = MODULE_ABSENT;
+		if (kmod_module_new_from_lookup(ctx, res->names[i], &list) < 0 || !list)
+			continue;
+		/* Looked up in modules.builtin, a module has no path. */
+		res->kinds[i] = MODULE_BUILTIN;
+		kmod_list_foreach(it, list)
+		{
+			struct kmod_module *mod = kmod_module_get_module(it);
+			if (kmod_module_get_path(mod))
+				res->kinds[i] = MODULE_LOADABLE;
+			kmod_module_unref(mod);
+		}
+		kmod_module_unref_list(list);
+	}
+	kmod_unref(ctx);
+	return 0;
 }

@@ -12,4 +12,13 @@
  */
 int modules_load(const char *const *names, size_t n);
 
+/*
+ * What the kernel whose lib/modules/KVER directory is kmoddir has of every module of
+ * plan_initrd_modules (its modules.dep, modules.alias and modules.builtin, through libkmod;
+ * nothing is loaded). Fills res (res->kver points into kmoddir). Returns 0, or a negative
+ * errno when kmoddir has no module indexes (run depmod).
+ */
+struct module_resolution;
+int modules_resolve(const char *kmoddir, struct module_resolution *res);
+
 #endif

@@ -62,6 +62,16 @@ size_t plan_initrd_modules(const char **out, size_t max)
 	return modules_list(true, out, max);
 }
 
+bool plan_module_required(const char *name)
+{
+	static const char *const required[] = {"virtio_pci", "virtio_blk", "dm_crypt", "btrfs",
+					       "overlay"};
+	for (size_t i = 0; i < ARRAY_SIZE(required); i++)
+		if (strcmp(name, required[i]) == 0)
+			return true;
+	return false;
+}
+
 const char *store_mode_name(enum store_mode m)
 {
 	return m == STORE_OVERLAY ? "overlay" : m == STORE_BIND ? "bind" : "off";
@@ -387,6 +397,20 @@ static const char *persist_kind_name(enum persist_kind k)
 
 char *plan_to_json(const struct plan *p)
 {
+	return plan_to_json_for(p, NULL);
+}
+
+static struct json_object *module_names(const struct module_resolution *res, enum module_kind kind)
+{
+	struct json_object *a = json_object_new_array();
+	for (size_t i = 0; i < res->n; i++)
+		if (res->kinds[i] == kind)
+			json_object_array_add(a, json_object_new_string(res->names[i]));
+	return a;
+}
+
+char *plan_to_json_for(const struct plan *p, const struct module_resolution *res)
+{
 	struct json_object *o = json_object_new_object();
 	if (!o)
 		return NULL;
@@ -433,12 +457,19 @@ char *plan_to_json(const struct plan *p)
 			       json_object_new_boolean(p->read_credentials_dir));
 
 	/* Everything the initrd must carry; CPU-specific modules load only where the CPU can. */
-	const char *all[PLAN_MAX_MODULES];
-	size_t n_all = plan_initrd_modules(all, ARRAY_SIZE(all));
-	struct json_object *mods = json_object_new_array();
-	for (size_t i = 0; i < n_all; i++)
-		json_object_array_add(mods, json_object_new_string(all[i]));
-	json_object_object_add(o, "modules", mods);
+	if (res) {
+		json_object_object_add(o, "kernel", json_object_new_string(res->kver));
+		json_object_object_add(o, "modules", module_names(res, MODULE_LOADABLE));
+		json_object_object_add(o, "modules_builtin", module_names(res, MODULE_BUILTIN));
+		json_object_object_add(o, "modules_absent", module_names(res, MODULE_ABSENT));
+	} else {
+		const char *all[PLAN_MAX_MODULES];
+		size_t n_all = plan_initrd_modules(all, ARRAY_SIZE(all));
+		struct json_object *mods = json_object_new_array();
+		for (size_t i = 0; i < n_all; i++)
+			json_object_array_add(mods, json_object_new_string(all[i]));
+		json_object_object_add(o, "modules", mods);
+	}
 
 	struct json_object *layers[] = {p->config_embedded, p->config_cmdline};
 	json_object_object_add(o, "config", config_merge(layers, ARRAY_SIZE(layers)));

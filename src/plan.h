@@ -143,9 +143,35 @@ size_t plan_modules_for_cpu(const char *cpu_flags, const char **out, size_t max)
 /* Every module the initrd must carry (plan_modules and the CPU-specific one). */
 size_t plan_initrd_modules(const char **out, size_t max);
 
+/*
+ * True for the modules without which stage 1 cannot do its work on a kernel that lacks them
+ * built in: virtio_pci, virtio_blk, dm_crypt, btrfs, overlay. The others only speed it up or
+ * serve one method (sha256_ssse3, xts when dm-crypt has it built in, the TPM drivers,
+ * qemu_fw_cfg, ext4, AF_ALG): missing from a kernel, they are skipped with an info line.
+ */
+bool plan_module_required(const char *name);
+
+/* What one kernel has of a module the plan names (modules_resolve finds it out). */
+enum module_kind { MODULE_LOADABLE, MODULE_BUILTIN, MODULE_ABSENT };
+
+/* A kernel's answer for every module of plan_initrd_modules, in that order. */
+struct module_resolution {
+	const char *kver;
+	size_t n;
+	const char *names[PLAN_MAX_MODULES];
+	enum module_kind kinds[PLAN_MAX_MODULES];
+};
+
 const char *store_mode_name(enum store_mode m);
 
 /* The plan as pretty JSON (no key material, only whether one was given); caller frees. */
 char *plan_to_json(const struct plan *plan);
+
+/*
+ * The same, for one kernel: "modules" holds only what that kernel has as modules (what the
+ * initrd must carry), "modules_builtin" and "modules_absent" the rest, "kernel" its version.
+ * res NULL: as plan_to_json.
+ */
+char *plan_to_json_for(const struct plan *plan, const struct module_resolution *res);
 
 #endif

@@ -414,9 +414,50 @@ static void test_key_in_cmdline(void **state)
 	plan_free(&p);
 }
 
+static void test_modules_for_kernel(void **state)
+{
+	(void)state;
+	assert_true(plan_module_required("btrfs"));
+	assert_true(plan_module_required("dm_crypt"));
+	assert_false(plan_module_required("sha256_ssse3"));
+	assert_false(plan_module_required("xts"));
+	/* A 7.2-like kernel: sha256_ssse3 gone, xts and virtio_pci built in. */
+	struct plan p;
+	assert_int_equal(plan_build("", NULL, &p), 0);
+	struct module_resolution res = {.kver = "7.2.12+deb14-cloud-amd64"};
+	res.n = plan_initrd_modules(res.names, PLAN_MAX_MODULES);
+	for (size_t i = 0; i < res.n; i++)
+		res.kinds[i] =
+		    strcmp(res.names[i], "sha256_ssse3") == 0 ? MODULE_ABSENT
+		    : strcmp(res.names[i], "xts") == 0 || strcmp(res.names[i], "virtio_pci") == 0
+			? MODULE_BUILTIN
+			: MODULE_LOADABLE;
+	char *text = plan_to_json_for(&p, &res);
+	assert_non_null(text);
+	json_object *o = json_tokener_parse(text);
+	assert_string_equal(json_object_get_string(json_object_object_get(o, "kernel")),
+			    "7.2.12+deb14-cloud-amd64");
+	json_object *mods = json_object_object_get(o, "modules");
+	assert_int_equal(json_object_array_length(mods), res.n - 3);
+	for (size_t i = 0; i < json_object_array_length(mods); i++) {
+		const char *m = json_object_get_string(json_object_array_get_idx(mods, i));
+		assert_true(strcmp(m, "xts") && strcmp(m, "sha256_ssse3") &&
+			    strcmp(m, "virtio_pci"));
+	}
+	json_object *absent = json_object_object_get(o, "modules_absent");
+	assert_int_equal(json_object_array_length(absent), 1);
+	assert_string_equal(json_object_get_string(json_object_array_get_idx(absent, 0)),
+			    "sha256_ssse3");
+	assert_int_equal(json_object_array_length(json_object_object_get(o, "modules_builtin")), 2);
+	json_object_put(o);
+	free(text);
+	plan_free(&p);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_modules_for_kernel),
 	    cmocka_unit_test(test_defaults),
 	    cmocka_unit_test(test_full_line),
 	    cmocka_unit_test(test_malformed_values_fall_back),
