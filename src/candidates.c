@@ -117,8 +117,17 @@ size_t devices_candidates(const struct dev_spec *spec, bool require_luks,
 	size_t tries = 0;
 	for (size_t i = 0; i < out->n; i++) {
 		struct persist_candidate *c = &out->c[i];
-		if (strcmp(c->dev.type, "crypto_LUKS") == 0 ||
-		    (strcmp(c->dev.type, "btrfs") == 0 && !require_luks)) {
+		if (c->dev.holder[0]) {
+			/* Someone opened (or mounted a mapping of) it already: unlocking it too
+			 * would fight them over it. */
+			c->verdict = CAND_REFUSED;
+			snprintf(c->detail, sizeof(c->detail),
+				 "is in use (by %s: opened by another program, e.g. "
+				 "systemd-cryptsetup; vm.persist.opened=/dev/mapper/NAME uses that "
+				 "mapping); left untouched",
+				 c->dev.holder);
+		} else if (strcmp(c->dev.type, "crypto_LUKS") == 0 ||
+			   (strcmp(c->dev.type, "btrfs") == 0 && !require_luks)) {
 			c->verdict = CAND_TRY;
 			tries++;
 		} else if (strcmp(c->dev.type, "btrfs") == 0) {

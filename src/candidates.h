@@ -19,6 +19,7 @@ struct blockdev {
 	char uuid[64];	     /* UUID */
 	char partuuid[64];   /* PART_ENTRY_UUID */
 	char partlabel[128]; /* PART_ENTRY_NAME */
+	char holder[32];     /* a device built on it (/sys/.../holders: "dm-0"), "" if none */
 };
 
 struct dev_spec {

@@ -220,6 +220,21 @@ static int check_encrypted(const char *v, char *why, size_t why_len)
 	return fail(why, why_len, "must be auto, yes or no");
 }
 
+/* /dev/mapper/NAME, NAME as device-mapper allows it here: 1-127 of [A-Za-z0-9._-], not . or .. */
+static int check_opened(const char *v, char *why, size_t why_len)
+{
+	static const char prefix[] = "/dev/mapper/";
+	const char *name = v + sizeof(prefix) - 1;
+	if (strncmp(v, prefix, sizeof(prefix) - 1) != 0 || !*name || strlen(name) > 127 ||
+	    strcmp(name, ".") == 0 || strcmp(name, "..") == 0 ||
+	    strspn(name, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") !=
+		strlen(name))
+		return fail(
+		    why, why_len,
+		    "must be /dev/mapper/NAME (NAME: 1-127 letters, digits, '.', '_', '-')");
+	return 0;
+}
+
 static const struct vm_key known_keys[] = {
     {"hostname", VM_KEY_CONFIG, check_hostname},
     {"repo", VM_KEY_CONFIG, check_repo},
@@ -228,6 +243,7 @@ static const struct vm_key known_keys[] = {
     {"persist.timeout", VM_KEY_CONTROL, check_timeout},
     {"persist.options", VM_KEY_CONTROL, check_mount_options},
     {"persist.encrypted", VM_KEY_CONTROL, check_encrypted},
+    {"persist.opened", VM_KEY_CONTROL, check_opened},
     {"store", VM_KEY_CONTROL, check_store},
     {"luks.key", VM_KEY_SECRET, check_key},
     {"luks.keyfile", VM_KEY_CONTROL, check_abs_path},

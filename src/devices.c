@@ -24,6 +24,25 @@ static void copy_value(blkid_probe pr, const char *name, char *dst, size_t len)
 		strscpy(dst, v, len);
 }
 
+/* The first entry of /sys/class/block/NAME/holders (a dm or md device on top), or "". */
+static void holder_of(const char *devname, char *out, size_t size)
+{
+	out[0] = '\0';
+	const char *name = strrchr(devname, '/');
+	char dir[128];
+	snprintf(dir, sizeof(dir), "/sys/class/block/%s/holders", name ? name + 1 : devname);
+	DIR *d = opendir(dir);
+	if (!d)
+		return;
+	struct dirent *e;
+	while ((e = readdir(d)))
+		if (e->d_name[0] != '.') {
+			strscpy(out, e->d_name, size);
+			break;
+		}
+	closedir(d);
+}
+
 int devices_probe(const char *devname, bool partitions, struct blockdev *out)
 {
 	memset(out, 0, sizeof(*out));
@@ -48,6 +67,7 @@ int devices_probe(const char *devname, bool partitions, struct blockdev *out)
 		copy_value(pr, "PART_ENTRY_NAME", out->partlabel, sizeof(out->partlabel));
 	}
 	blkid_free_probe(pr);
+	holder_of(devname, out->holder, sizeof(out->holder));
 	/* 1 means "nothing found", -2 "ambivalent": both leave an empty type, not an error. */
 	return r < 0 && r != -2 ? -EIO : 0;
 }

@@ -49,6 +49,7 @@ static void usage(FILE *f)
 	      "  vm.persist=auto|/dev/X|LABEL=|UUID=|PARTUUID=|PARTLABEL=  (default auto)\n"
 	      "  vm.persist.timeout=SECONDS (default 10)  vm.persist.options=BTRFS-OPTIONS\n"
 	      "  vm.persist.encrypted=auto|yes|no (auto: LUKS2 required under vm.persist=auto)\n"
+	      "  vm.persist.opened=/dev/mapper/NAME (opened by systemd-cryptsetup: mount it)\n"
 	      "  vm.store=overlay|bind|off  vm.luks.key=KEY  vm.luks.keyfile=PATH  vm.debug\n"
 	      "  vm.luks=tpm2,credential,key,keyfile,passphrase (methods, in order)\n"
 	      "  vm.luks.tries=N (3)  vm.luks.timeout=SECONDS (60)  vm.luks.tpm2.timeout=S (2)\n"

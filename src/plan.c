@@ -137,6 +137,8 @@ static void apply_control(struct plan *p, const char *name, const char *value)
 		p->persist_encrypted = strcmp(value, "auto") == 0 ? ENCRYPTED_AUTO
 				       : flag_value(value)	  ? ENCRYPTED_YES
 								  : ENCRYPTED_NO;
+	} else if (strcmp(name, "persist.opened") == 0) {
+		strscpy(p->persist_opened, value, sizeof(p->persist_opened));
 	} else if (strcmp(name, "persist.options") == 0) {
 		/* Ours first: a later option wins in Btrfs, so the user can still override. */
 		if (*value)
@@ -366,6 +368,17 @@ int plan_build(const char *cmdline_text, const char *embedded_config, struct pla
 	p->persist_require_luks =
 	    p->persist_encrypted == ENCRYPTED_YES ||
 	    (p->persist_encrypted == ENCRYPTED_AUTO && p->persist_kind == PERSIST_AUTO);
+	if (p->persist_opened[0]) {
+		/* Another program unlocked it: it must be a LUKS mapping unless told otherwise,
+		 * and nothing is unlocked (or asked) here, so the two never fight over it. */
+		p->persist_require_luks = p->persist_encrypted != ENCRYPTED_NO;
+		p->may_prompt = false;
+		if (p->persist_kind != PERSIST_AUTO)
+			plan_warn(p,
+				  "vm.persist=%s is ignored: vm.persist.opened=%s names /persist's "
+				  "device",
+				  p->persist, p->persist_opened);
+	}
 	/* Whatever unlocks the disk, a key on the command line is readable in stage 2, as a
 	 * credential given there is (systemd.set_credential=vm.luks.key:...). */
 	p->key_in_cmdline = p->key.data || credentials_find(&p->creds, "vm.luks.key");
@@ -451,6 +464,9 @@ char *plan_to_json_for(const struct plan *p, const struct module_resolution *res
 	json_object_object_add(o, "luks_timeout_s", json_object_new_int((int)p->luks_timeout_s));
 	json_object_object_add(o, "tpm2_timeout_s", json_object_new_int((int)p->tpm2_timeout_s));
 	json_object_object_add(o, "may_prompt", json_object_new_boolean(p->may_prompt));
+	json_object_object_add(o, "persist_opened",
+			       p->persist_opened[0] ? json_object_new_string(p->persist_opened)
+						    : NULL);
 	json_object_object_add(o, "import_credentials",
 			       json_object_new_boolean(p->import_credentials));
 	json_object_object_add(o, "read_credentials_dir",

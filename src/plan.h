@@ -71,6 +71,9 @@ struct plan {
 	char persist_options[PLAN_STR];		  /* the whole Btrfs option string */
 	enum persist_encrypted persist_encrypted; /* as given */
 	bool persist_require_luks; /* the decision: refuse an unencrypted data disk */
+	/* vm.persist.opened: a mapping another program (systemd-cryptsetup) opened; "" = none.
+	 * Then nothing is unlocked or scanned: that device is /persist's. */
+	char persist_opened[PLAN_STR];
 	enum store_mode store;
 
 	/* Unlocking: the key itself never leaves this struct except into libcryptsetup. */

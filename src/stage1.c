@@ -30,6 +30,7 @@
 #include <string.h>
 #include <sys/reboot.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 
 #define RUN_CONFIG "/run/vm-config.json"
 
@@ -368,6 +369,74 @@ static void tpm2_lock_step(struct status *st)
 	}
 }
 
+/* The device-mapper UUID of a mapping ("CRYPT-LUKS2-<uuid>-<name>" for dm-crypt on LUKS2). */
+static int dm_uuid(const char *path, char *out, size_t size)
+{
+	struct stat sb;
+	if (stat(path, &sb) < 0)
+		return -errno;
+	if (!S_ISBLK(sb.st_mode))
+		return -ENOTBLK;
+	char sys[64];
+	snprintf(sys, sizeof(sys), "/sys/dev/block/%u:%u/dm/uuid", major(sb.st_rdev),
+		 minor(sb.st_rdev));
+	_cleanup_free_ char *text = NULL;
+	size_t len = 0;
+	int r = read_file(sys, 256, &text, &len);
+	if (r < 0)
+		return r;
+	while (len > 0 && (text[len - 1] == '\n' || text[len - 1] == ' '))
+		text[--len] = '\0';
+	return strscpy(out, text, size) < 0 ? -ENAMETOOLONG : 0;
+}
+
+/*
+ * vm.persist.opened: another program (systemd-cryptsetup, from crypttab) unlocked the volume;
+ * its mapping is /persist's device. Nothing is unlocked here. It must be a LUKS mapping unless
+ * vm.persist.encrypted=no.
+ */
+static int use_opened(const struct plan *p, struct status *st, const char *persist_dir)
+{
+	uint64_t t = now_ms();
+	struct dev_spec spec = {PERSIST_PATH, p->persist_opened, 0};
+	struct blockdev dev;
+	strscpy(st->device, p->persist_opened, sizeof(st->device));
+	int r = devices_wait(&spec, p->persist_timeout_s * 1000u, &dev);
+	status_step(st, "device", now_ms() - t, r);
+	if (r < 0) {
+		status_reason(st,
+			      "%s (vm.persist.opened) did not appear within %u s: the program that "
+			      "should open it (systemd-cryptsetup?) did not",
+			      p->persist_opened, p->persist_timeout_s);
+		return r;
+	}
+	strscpy(st->fstype, dev.type, sizeof(st->fstype));
+	char uuid[160] = "";
+	r = dm_uuid(p->persist_opened, uuid, sizeof(uuid));
+	st->luks = r == 0 && strncmp(uuid, "CRYPT-LUKS", 10) == 0;
+	if (p->persist_require_luks && !st->luks) {
+		status_reason(st,
+			      "%s (vm.persist.opened) is not a LUKS mapping (%s%s%s); refused: "
+			      "vm.persist.encrypted=no allows it",
+			      p->persist_opened, r < 0 ? "not a device-mapper device: " : "UUID \"",
+			      r < 0 ? strerror(-r) : uuid, r < 0 ? "" : "\"");
+		return -EMEDIUMTYPE;
+	}
+	strscpy(st->unlock, "opened", sizeof(st->unlock));
+	char why[512] = "";
+	t = now_ms();
+	r = mount_fs(p->persist_opened, persist_dir, "btrfs", p->persist_options, why, sizeof(why));
+	status_step(st, "mount", now_ms() - t, r);
+	if (r < 0) {
+		log_err("%s", why);
+		status_reason(st, "%s", why);
+		return r;
+	}
+	log_info("mounted %s on /persist (opened by another program, %s; btrfs, %s)",
+		 p->persist_opened, st->luks ? uuid : "not LUKS", p->persist_options);
+	return 0;
+}
+
 void persist_setup(struct plan *p, struct status *st, const char *root)
 {
 	char persist_dir[PATH_MAX], nix_dir[PATH_MAX], desc[160];
@@ -414,6 +483,12 @@ void persist_setup(struct plan *p, struct status *st, const char *root)
 	snprintf(persist_dir, sizeof(persist_dir), "%s/persist", root);
 	snprintf(nix_dir, sizeof(nix_dir), "%s/nix", root);
 
+	if (p->persist_opened[0]) {
+		if (use_opened(p, st, persist_dir) < 0)
+			goto config;
+		goto mounted;
+	}
+
 	/* The root's device (and disk) cannot hold /persist: the scan skips it. */
 	struct stat rst;
 	struct dev_spec spec = {p->persist_kind, p->persist,
@@ -443,6 +518,7 @@ void persist_setup(struct plan *p, struct status *st, const char *root)
 				 cands.c[i].detail);
 	if (used < 0)
 		goto config;
+mounted:
 	st->persist = true;
 
 	persist_fd = open(persist_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #define _GNU_SOURCE
 #include "unlock.h"
+#include "askpw.h"
 #include "credentials.h"
 #include "log.h"
 #include "passphrase.h"
@@ -132,6 +133,26 @@ static int try_key(struct chain *c, const char *method, const char *source, int 
 	return attempt_done(c, method, source, r, t0);
 }
 
+/*
+ * Asks for a passphrase or PIN: through systemd's password agents in helper mode under systemd
+ * (its console agents, serial included, and plymouth show it; the console is systemd's), else on
+ * the console ourselves.
+ */
+static int ask_secret(const struct chain *c, const char *prompt, struct secret *out)
+{
+	if (c->p->helper && askpw_under_systemd()) {
+		char msg[320], id[300];
+		snprintf(msg, sizeof(msg), "%s", prompt);
+		size_t n = strlen(msg);
+		while (n > 0 && msg[n - 1] == ' ')
+			msg[--n] = '\0';
+		snprintf(id, sizeof(id), "factory-init:%s", c->device);
+		log_info("asking through systemd's password agents: %s", msg);
+		return askpw_ask(ASKPW_DIR, msg, id, c->p->luks_timeout_s, out);
+	}
+	return passphrase_ask(prompt, c->p->luks_timeout_s, out);
+}
+
 /* MemAvailable from /proc/meminfo in bytes; 0 when it cannot be read (then no Argon2id). */
 static uint64_t mem_available(void)
 {
@@ -215,7 +236,7 @@ static int try_tpm2(struct chain *c)
 				else
 					snprintf(prompt, sizeof(prompt),
 						 "TPM2 PIN for %s: ", c->device);
-				r = passphrase_ask(prompt, c->p->luks_timeout_s, &pin);
+				r = ask_secret(c, prompt, &pin);
 				if (r < 0) {
 					log_warn("no TPM2 PIN typed: %s", strerror(-r));
 					tries = i; /* no one at the console: no further prompt */
@@ -286,7 +307,7 @@ static int try_passphrase(struct chain *c)
 		snprintf(source, sizeof(source), "console, try %u", i);
 		uint64_t t0 = now_ms();
 		_cleanup_secret_ struct secret pass = {0};
-		r = passphrase_ask(prompt, c->p->luks_timeout_s, &pass);
+		r = ask_secret(c, prompt, &pass);
 		if (r < 0 && r != -E2BIG) {
 			snprintf(c->why, sizeof(c->why), "%s",
 				 r == -ETIMEDOUT

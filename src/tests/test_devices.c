@@ -128,6 +128,13 @@ static void test_candidates(void **state)
 	assert_int_equal(c.n, 1);
 	assert_int_equal(c.c[0].verdict, CAND_REFUSED);
 	assert_int_equal(devices_candidates(&auto_spec, false, plain, 2, &c), 1);
+	/* A LUKS volume someone else opened already (systemd-cryptsetup): never unlocked again. */
+	struct blockdev busy[] = {dev("/dev/vdb", "crypto_LUKS", "persist", "a")};
+	strcpy(busy[0].holder, "dm-0");
+	assert_int_equal(devices_candidates(&auto_spec, true, busy, 1, &c), 0);
+	assert_int_equal(c.c[0].verdict, CAND_REFUSED);
+	assert_non_null(strstr(c.c[0].detail, "in use (by dm-0"));
+	assert_non_null(strstr(c.c[0].detail, "vm.persist.opened="));
 	struct blockdev blank[] = {dev("/dev/vdb", "", "", "")};
 	assert_int_equal(devices_candidates(&auto_spec, false, blank, 1, &c), 0);
 	assert_string_equal(c.c[0].detail,

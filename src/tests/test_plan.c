@@ -392,6 +392,32 @@ static void test_persist_encrypted(void **state)
 	    plan_build("vm.persist.encrypted=yes", "{\"persist.encrypted\": \"no\"}", &p), 0);
 	assert_true(p.persist_require_luks);
 	plan_free(&p);
+
+	/* vm.persist.opened: another program unlocked it; LUKS required, no prompt here. */
+	assert_int_equal(plan_build("vm.persist.opened=/dev/mapper/persist", NULL, &p), 0);
+	assert_string_equal(p.persist_opened, "/dev/mapper/persist");
+	assert_true(p.persist_require_luks);
+	assert_false(p.may_prompt);
+	assert_int_equal(p.n_warnings, 0);
+	plan_free(&p);
+	assert_int_equal(plan_build("vm.persist.opened=/dev/mapper/p vm.persist.encrypted=no "
+				    "vm.persist=/dev/vdb",
+				    NULL, &p),
+			 0);
+	assert_false(p.persist_require_luks);
+	assert_int_equal(p.n_warnings, 1); /* vm.persist= is ignored */
+	assert_non_null(strstr(p.warnings[0], "ignored"));
+	plan_free(&p);
+	const char *bad[] = {"/dev/vdb", "/dev/mapper/", "/dev/mapper/..", "/dev/mapper/a/b",
+			     "/dev/mapper/a%b"};
+	for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
+		char line[128];
+		snprintf(line, sizeof(line), "vm.persist.opened=%s", bad[i]);
+		assert_int_equal(plan_build(line, NULL, &p), 0);
+		assert_string_equal(p.persist_opened, "");
+		assert_int_equal(p.n_warnings, 1);
+		plan_free(&p);
+	}
 }
 
 /* A key credential given on the command line is as readable there as vm.luks.key=. */
