@@ -443,6 +443,84 @@ static void test_systemd262_argon2id(void **state)
 	}
 }
 
+/* Written here by Debian forky's systemd-cryptenroll 262 against swtpm (qemu-tests/
+ * scenarios_systemd262.py): the default (no --tpm2-pcrs: an empty mask), --tpm2-pcrs=7,
+ * --tpm2-with-pin=yes with --tpm2-argon2id-memory=64M --tpm2-argon2id-iterations=2
+ * --tpm2-argon2id-parallelism=2, and --tpm2-with-pin=direct. */
+static void test_systemd262_real_tokens(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *file;
+		uint32_t pcr_mask;
+		const char *bank;
+		bool pin;
+		size_t salt_len;
+		uint64_t memcost;
+		uint32_t iterations, lanes;
+		uint32_t attrs; /* the sealed object's: noDA (0x400) unless a PIN guards it */
+	} cases[] = {
+	    {"systemd262-default.json", 0, "", false, 0, 0, 0, 0, 0x412},
+	    {"systemd262-pcr7.json", 1u << 7, "sha256", false, 0, 0, 0, 0, 0x412},
+	    {"systemd262-argon2id-pin.json", 0, "", true, 32, 64u << 20, 2, 2, 0x12},
+	    {"systemd262-direct-pin.json", 0, "", true, 32, 0, 0, 0, 0x12},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char *text = load(cases[i].file);
+		struct tpm2_token t;
+		char why[256] = "";
+		assert_int_equal(tpm2_token_parse(text, &t, why, sizeof(why)), 0);
+		assert_int_equal(t.n_keyslots, 1);
+		assert_int_equal(t.keyslots[0], 1);
+		assert_int_equal(t.n_blobs, 1);
+		assert_int_equal(t.blob_private_len, 160);
+		assert_int_equal(t.blob_public_len, 80);
+		assert_null(t.blob_seed);
+		assert_int_equal(t.pcr_mask, cases[i].pcr_mask);
+		assert_string_equal(t.pcr_bank, cases[i].bank);
+		assert_string_equal(t.primary_alg, "ecc");
+		assert_int_equal(t.policy_hash_len, 32);
+		/* TPM2B_PUBLIC: KEYEDHASH, SHA-256, the attributes, authPolicy = tpm2-policy-hash. */
+		uint8_t head[12] = {0x00, 0x4e, 0x00, 0x08, 0x00, 0x0b, 0, 0,
+				    (uint8_t)(cases[i].attrs >> 8), (uint8_t)cases[i].attrs,
+				    0x00, 0x20};
+		assert_memory_equal(t.blob_public, head, sizeof(head));
+		assert_memory_equal(t.blob_public + 12, t.policy_hash, 32);
+		if (!cases[i].pcr_mask && !cases[i].pin) {
+			static const uint8_t zero[32];
+			assert_memory_equal(t.policy_hash, zero, 32); /* no policy at all */
+		}
+		assert_int_equal(t.pin, cases[i].pin);
+		assert_int_equal(t.salt_len, cases[i].salt_len);
+		assert_non_null(t.srk); /* 262 always persists and records the SRK */
+		assert_int_equal(t.srk_len, 136);
+		assert_memory_equal(t.srk, "\x81\x00\x00\x01", 4);
+		assert_int_equal(t.argon2id_memcost, cases[i].memcost);
+		assert_int_equal(t.argon2id_iterations, cases[i].iterations);
+		assert_int_equal(t.argon2id_lanes, cases[i].lanes);
+		assert_false(t.pcrlock || t.pcrlock_nv || t.pubkey);
+		assert_string_equal(t.unknown, "");
+		assert_int_equal(t.pcr_values_mask, 0);
+		assert_null(tpm2_token_unsupported(&t));
+		/* Built again it reads the same (not byte for byte: the builder writes
+		 * "tpm2-pin":false, which 256 and later leave out). */
+		char *built = tpm2_token_build(&t);
+		assert_non_null(built);
+		struct tpm2_token again;
+		assert_int_equal(tpm2_token_parse(built, &again, why, sizeof(why)), 0);
+		assert_int_equal(again.pcr_mask, t.pcr_mask);
+		assert_int_equal(again.pin, t.pin);
+		assert_int_equal(again.salt_len, t.salt_len);
+		assert_int_equal(again.srk_len, t.srk_len);
+		assert_int_equal(again.argon2id_memcost, t.argon2id_memcost);
+		assert_memory_equal(again.blob_public, t.blob_public, t.blob_public_len);
+		tpm2_token_free(&again);
+		free(built);
+		tpm2_token_free(&t);
+		free(text);
+	}
+}
+
 static void test_unknown_member(void **state)
 {
 	(void)state;
@@ -823,6 +901,7 @@ int main(void)
 	    cmocka_unit_test(test_systemd256),
 	    cmocka_unit_test(test_systemd257_shards),
 	    cmocka_unit_test(test_systemd262_argon2id),
+	    cmocka_unit_test(test_systemd262_real_tokens),
 	    cmocka_unit_test(test_unknown_member),
 	    cmocka_unit_test(test_malformed),
 	    cmocka_unit_test(test_malformed_text),
