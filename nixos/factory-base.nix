@@ -14,6 +14,10 @@ in
     ./modules/sync-config.nix
   ];
 
+  # systemd stage 1, as NixOS 26.05 and later have by default (24.05: the scripted one); the
+  # factory-init unit comes from nixos/factory-init.service.in.
+  boot.initrd.systemd.enable = mkDefault true;
+
   boot.initrd.factoryInit = {
     enable = true;
     # The image's defaults for stage 2 (the lowest config layer; vm.branch= etc. override).

@@ -140,6 +140,9 @@ stdenv.mkDerivation {
     inherit srcFiles;
     # vm.store= values this source tree implements (bind arrived with src/seed.c).
     storeModes = [ "overlay" "off" ] ++ lib.optional (lib.elem "seed.c" srcFiles) "bind";
+    # the vm.* keys this source tree knows: src/config.c's table ({"name", VM_KEY_...})
+    configKeys = lib.concatMap (m: if lib.isList m then m else [ ])
+      (builtins.split "\\{\"([a-z0-9.]+)\", VM_KEY_" (builtins.readFile ../src/config.c));
   };
 
   meta = {

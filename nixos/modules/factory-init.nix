@@ -2,18 +2,41 @@
 #
 #   boot.initrd.factoryInit.enable = true;
 #
-# NixOS's stage 1 mounts the root as usual; factory-init then runs `--root=/mnt-root` (scripted
-# stage 1, from postMountCommands) or `--root=/sysroot` (systemd stage 1, a oneshot before
-# initrd-fs.target) and does only its /persist, /nix and config part. The options below become
-# the initrd's /etc/vm-config.json (factory-init's embedded config, the lowest layer): vm.* on
-# the kernel command line still overrides every one of them at boot.
-{ config, lib, pkgs, ... }:
+# NixOS's stage 1 mounts the root as usual; factory-init then runs `--root=/sysroot` (systemd
+# stage 1, the default from NixOS 26.05 and the tested case: factory-init.service, rendered from
+# nixos/factory-init.service.in) or `--root=/mnt-root` (scripted stage 1, from postMountCommands,
+# while NixOS still has it) and does only its /persist, /nix and config part. The options below
+# become the initrd's /etc/vm-config.json (factory-init's embedded config, the lowest layer): vm.*
+# on the kernel command line still overrides every one of them at boot.
+#
+# /nix/.ro-store: factory-init's overlay and bind modes put the factory /nix there. NixOS's
+# qemu-vm.nix (nixos-rebuild build-vm, NixOS tests) uses the same name for the store it overlays
+# /nix/store with (the host's store over 9p, or the store image; upper layer in /nix/.rw-store).
+# With both, whichever mounts last hides the other: factory-init's overlay on /nix hides qemu-vm's
+# /nix/store overlay and its lower store (the system's own paths), or qemu-vm's mounts land on top
+# of factory-init's and the VM runs from the host's store with writes going to a tmpfs, while
+# Nix's local-overlay-store and the registration service read the wrong /nix/.ro-store. The
+# assertions below refuse that; such a VM needs storeMode = "off" (or no writable qemu-vm store).
+{ config, options, lib, pkgs, ... }:
 
 let
   inherit (lib) mkOption mkIf mkMerge types literalExpression;
 
   cfg = config.boot.initrd.factoryInit;
   systemdStage1 = config.boot.initrd.systemd.enable;
+
+  # The scripted stage 1 (stage-1.nix) is deprecated in 26.05 and goes in 26.11; once its options
+  # are gone, defining them is an error even under mkIf, so that block is left out entirely.
+  scriptedOptions = [ "postMountCommands" "extraUtilsCommands" "extraUtilsCommandsTest" "extraFiles" ];
+  haveScripted = lib.all (o: options.boot.initrd ? ${o}) scriptedOptions;
+
+  # "systemd-cryptsetup": NixOS opens the data disk (boot.initrd.luks.devices.<mapperName>) and
+  # factory-init takes /dev/mapper/<mapperName> as it is. factory-init's own mapping has the same
+  # name (src/unlock.h, PERSIST_DM_NAME).
+  splitUnlock = cfg.unlockWith == "systemd-cryptsetup";
+  mapperName = "persist";
+  opened = "/dev/mapper/${mapperName}";
+  cryptsetupUnit = "systemd-cryptsetup@${mapperName}.service";
 
   methods = [ "tpm2" "credential" "key" "keyfile" "passphrase" ];
 
@@ -22,8 +45,8 @@ let
 
   # Keys factory-init reads for itself; set them through the options, not embeddedConfig.
   controlKeys = [
-    "persist" "persist.timeout" "persist.options" "persist.encrypted" "store" "luks" "luks.keyfile" "luks.tries"
-    "luks.timeout" "luks.tpm2.timeout"
+    "persist" "persist.timeout" "persist.options" "persist.encrypted" "persist.opened" "store" "luks"
+    "luks.keyfile" "luks.tries" "luks.timeout" "luks.tpm2.timeout"
   ];
 
   stripVm = name: lib.removePrefix "vm." name;
@@ -32,24 +55,129 @@ let
   # factory-init always puts compress=zstd first; repeating it adds nothing.
   extraMountOptions = lib.filter (o: o != "compress=zstd") cfg.mountOptions;
 
-  control = lib.filterAttrs (_: v: v != null) {
-    persist = cfg.device;
+  control = lib.filterAttrs (_: v: v != null) ({
     "persist.timeout" = toString cfg.timeout;
-    "persist.encrypted" = cfg.encrypted;
     "persist.options" =
       if extraMountOptions == [ ] then null else lib.concatStringsSep "," extraMountOptions;
     store = cfg.storeMode;
+  } // (if splitUnlock then {
+    # the volume systemd-cryptsetup opened; factory-init unlocks nothing itself
+    "persist.opened" = opened;
+  } else {
+    persist = cfg.device;
+    "persist.encrypted" = cfg.encrypted;
     luks = lib.concatStringsSep "," cfg.luks.methods;
     "luks.keyfile" = if cfg.luks.keyFile == null then null else keyFileInInitrd;
     "luks.tries" = lib.mapNullable toString cfg.luks.tries;
     "luks.timeout" = lib.mapNullable toString cfg.luks.timeout;
     "luks.tpm2.timeout" = lib.mapNullable toString cfg.luks.tpm2Timeout;
-  };
+  }));
 
   configFile = pkgs.writeText "vm-config.json" (builtins.toJSON (embedded // control));
 
   nixVersion = lib.getVersion config.nix.package;
   storeModes = cfg.package.passthru.storeModes or [ "overlay" "off" ];
+  # null: a package that does not say (no warning then)
+  configKeys = cfg.package.passthru.configKeys or null;
+
+  # ---- the unit: nixos/factory-init.service.in, rendered --------------------------------------
+  # The same text any other initrd gets from nixos/render-unit with these values; what differs by
+  # configuration goes into a drop-in (below), never into this text.
+  unitSubstitutions = {
+    factoryInit = "/bin/factory-init"; # boot.initrd.systemd.extraBin
+    configFile = "/etc/vm-config.json"; # boot.initrd.systemd.contents
+  };
+  unitTemplate = builtins.readFile ../factory-init.service.in;
+  unitRendered = lib.replaceStrings
+    (map (n: "@${n}@") (lib.attrNames unitSubstitutions)) (lib.attrValues unitSubstitutions)
+    unitTemplate;
+  unitLeftover = lib.filter lib.isList (builtins.split "@([A-Za-z_][A-Za-z0-9_]*)@" unitRendered);
+  unitText =
+    if unitLeftover == [ ] then unitRendered
+    else throw "factory-init.service.in: no value for @${lib.concatStringsSep "@, @" (lib.flatten unitLeftover)}@";
+
+  # The drop-in factory-init.service.d/50-nixos.conf. Ordering on a unit that does not exist is
+  # a no-op, and a Wants= on it too, so these hold on NixOS releases without those units.
+  dropInLines =
+    # boot.initrd.secrets is copied into place by this oneshot (24.05 and later, where it exists
+    # only while there are secrets): the key file is there only after it.
+    lib.optionals (cfg.luks.keyFile != null && !splitUnlock) [
+      "Wants=initrd-nixos-copy-secrets.service"
+      "After=initrd-nixos-copy-secrets.service"
+    ]
+    # Wants, not Requires: a failed unlock leaves factory-init to report no /persist.
+    ++ lib.optionals splitUnlock [
+      "Wants=${cryptsetupUnit}"
+      "After=${cryptsetupUnit}"
+    ];
+  dropInText = lib.concatLines ([ "[Unit]" ] ++ dropInLines);
+  dropIn = pkgs.writeTextFile {
+    name = "factory-init-service-dropin";
+    destination = "/lib/systemd/system/factory-init.service.d/50-nixos.conf";
+    text = dropInText;
+  };
+
+  # ---- kernel modules --------------------------------------------------------------------------
+  # What factory-init loads itself (libkmod), in helper mode too; `factory-init --plan --cmdline ""`
+  # ("modules") is the source of truth for planModules (nixos/tests/eval.sh compares them).
+  planModules = [
+    "virtio_pci" "virtio_blk" "qemu_fw_cfg" "tpm_tis" "tpm_crb" "ext4" "af_alg"
+    "algif_skcipher" "dm_crypt" "xts" "btrfs" "overlay" "sha256_ssse3"
+  ];
+  # NixOS's initrd build (makeModulesClosure, allowMissing unless boot.initrd.allowMissingModules)
+  # fails on a name the kernel has neither as a module nor built in; a built-in one is fine
+  # (modprobe --show-depends says "builtin"). So only names that vanish altogether depend on the
+  # kernel, cut off at the first version that may lack them: leaving out an acceleration module a
+  # kernel still has only costs speed, asking for one it lacks breaks the build.
+  #  - sha256_ssse3: x86's SHA-256 glue was folded into the sha256 library (6.16/6.17; absent on
+  #    7.x). Asked for up to the 6.12 LTS only; 6.13-6.15 then hash with the generic code.
+  #  - xts: built in on 7.2, a module before; dm-crypt needs it wherever it is a module: kept.
+  #  - crc32c/libcrc32c (gone on 7.2): not listed; btrfs's dependencies come from modprobe.
+  kernelVersion = config.boot.kernelPackages.kernel.version;
+  modulesUpTo = { sha256_ssse3 = "6.13"; }; # absent from this version on
+  kernelModules = lib.filter
+    (m: !(modulesUpTo ? ${m}) || lib.versionOlder kernelVersion modulesUpTo.${m})
+    planModules;
+
+  # ---- who opens the data disk -----------------------------------------------------------------
+  # LABEL=x and /dev/disk/by-label/x name the same disk (likewise UUID, PARTUUID, PARTLABEL).
+  byTag = { LABEL = "by-label"; UUID = "by-uuid"; PARTUUID = "by-partuuid"; PARTLABEL = "by-partlabel"; };
+  normDevice = d:
+    let m = builtins.match "(LABEL|UUID|PARTUUID|PARTLABEL)=(.+)" d; in
+    if m == null then d else "/dev/disk/${byTag.${lib.elemAt m 0}}/${lib.elemAt m 1}";
+  luksDevices = config.boot.initrd.luks.devices;
+  # with "factory-init": volumes NixOS would open too (the same disk, or the same mapping name)
+  fighting = lib.attrNames (lib.filterAttrs
+    (n: v: n == mapperName || (cfg.device != "auto" && normDevice v.device == normDevice cfg.device))
+    luksDevices);
+  # what device = "auto" may pick, when NixOS opens one of those too
+  autoCandidates = [ "/dev/disk/by-label/persist" "/dev/vdb" ];
+  fightingAuto = lib.attrNames (lib.filterAttrs
+    (n: v: cfg.device == "auto" && lib.elem (normDevice v.device) autoCandidates) luksDevices);
+
+  # crypttab options for the "systemd-cryptsetup" split, from the luks.* options
+  crypttabOpts =
+    lib.optional (lib.elem "tpm2" cfg.luks.methods) "tpm2-device=auto"
+    ++ lib.optional (!(lib.elem "passphrase" cfg.luks.methods)) "headless=true"
+    ++ [ "x-systemd.device-timeout=${toString cfg.timeout}s" ]
+    ++ lib.optional (cfg.luks.tries != null) "tries=${toString cfg.luks.tries}"
+    ++ lib.optional (cfg.luks.timeout != null) "timeout=${toString cfg.luks.timeout}s"
+    ++ lib.optional (cfg.luks.tpm2Timeout != null) "token-timeout=${toString cfg.luks.tpm2Timeout}s";
+
+  # ---- NixOS's own /nix/.ro-store ----------------------------------------------------------------
+  # qemu-vm.nix's writable store (24.05: virtualisation.writableStore; later releases declare it as
+  # fileSystems."/nix/store".overlay with lower /nix/.ro-store); netboot's squashfs store likewise.
+  qemuWritableStore = (options ? virtualisation) && (options.virtualisation ? writableStore)
+    && config.virtualisation.writableStore;
+  lowerdirs = fs: let l = fs.overlay.lowerdir or null; in if l == null then [ ] else map toString l;
+  roStoreUsers = lib.attrNames (lib.filterAttrs
+    (_: fs: fs.mountPoint == "/nix/.ro-store" || lib.elem "/nix/.ro-store" (lowerdirs fs))
+    config.fileSystems);
+  # other file systems mounted below /nix, which an overlay or bind on /nix hides or lands under
+  belowNix = lib.attrNames (lib.filterAttrs
+    (_: fs: lib.hasPrefix "/nix/" fs.mountPoint && !(lib.elem fs.mountPoint [ "/nix/.ro-store" ]))
+    config.fileSystems);
+  storeOnNix = cfg.storeMode != "off";
 
   # Nix's local-overlay-store (experimental, Nix >= 2.22): the factory store below, read-only,
   # with its own database; /persist/nix/upper/store above (the overlay covers /nix, not
@@ -122,7 +250,28 @@ in
         /persist/nix/upper above (workdir /persist/nix/work) and the factory /nix also at
         /nix/.ro-store. `bind`: a complete copy of the factory store on /persist/nix, bound on
         /nix (needs a factory-init that implements it; a warning says when the package does
-        not). `off`: /nix stays the factory's.
+        not). `off`: /nix stays the factory's. `overlay` and `bind` clash with NixOS's qemu-vm
+        writable store (`virtualisation.writableStore`), which also uses /nix/.ro-store: an
+        assertion refuses the combination; use `off` in such VMs.
+      '';
+    };
+
+    unlockWith = mkOption {
+      type = types.enum [ "factory-init" "systemd-cryptsetup" ];
+      default = "factory-init";
+      description = ''
+        Who opens the data disk. `factory-init`: factory-init finds and unlocks it itself
+        (`device`, `encrypted`, `luks.*`); NixOS must not open the same volume
+        (`boot.initrd.luks.devices` may not name it: an assertion says when it does).
+        `systemd-cryptsetup` (systemd stage 1 only, and a concrete `device`, not `auto`): this
+        module adds it as `boot.initrd.luks.devices.${mapperName}` (crypttab options from the
+        `luks.*` options: `tpm2-device=auto` when `tpm2` is among the methods, the key file for
+        `keyfile`, `headless=true` without `passphrase`, `tries=`, `timeout=`, `token-timeout=`,
+        and `x-systemd.device-timeout=` from `timeout`; the `credential` and `key` methods have no
+        systemd-cryptsetup counterpart), factory-init.service is ordered after
+        ${cryptsetupUnit}, and the embedded config says `persist.opened = "${opened}"`
+        instead of `persist`, `persist.encrypted` and `luks*`: factory-init mounts that opened
+        volume and unlocks nothing itself (a warning says when the package does not know the key yet).
       '';
     };
 
@@ -145,8 +294,9 @@ in
         example = "/etc/secrets/persist.key";
         description = ''
           A key file to put in the initrd (through {option}`boot.initrd.secrets`, so it is not
-          copied to the Nix store) at ${keyFileInInitrd}, for the `keyfile` method.
-          Anyone who can read the initrd can read it.
+          copied to the Nix store) at ${keyFileInInitrd}, for the `keyfile` method. With systemd
+          stage 1, factory-init.service is then ordered after initrd-nixos-copy-secrets.service,
+          which puts it there (a drop-in). Anyone who can read the initrd can read it.
         '';
       };
 
@@ -241,27 +391,81 @@ in
           assertion = cfg.localOverlayStore -> cfg.storeMode == "overlay";
           message = "boot.initrd.factoryInit.localOverlayStore only fits storeMode = \"overlay\".";
         }
+        {
+          assertion = systemdStage1 || haveScripted;
+          message = ''
+            boot.initrd.factoryInit needs systemd stage 1 here: this NixOS has no scripted stage 1
+            any more (boot.initrd.${lib.concatStringsSep ", boot.initrd." (lib.filter (o: !(options.boot.initrd ? ${o})) scriptedOptions)}
+            do not exist). Set boot.initrd.systemd.enable = true.
+          '';
+        }
+        {
+          assertion = splitUnlock -> systemdStage1;
+          message = ''
+            boot.initrd.factoryInit.unlockWith = "systemd-cryptsetup" needs systemd stage 1
+            (boot.initrd.systemd.enable = true); the scripted stage 1 only has factory-init's own unlock.
+          '';
+        }
+        {
+          assertion = splitUnlock -> cfg.device != "auto";
+          message = ''
+            boot.initrd.factoryInit.unlockWith = "systemd-cryptsetup" needs a concrete
+            boot.initrd.factoryInit.device (a /dev path, LABEL=, UUID=, PARTUUID= or PARTLABEL=), not
+            "auto": systemd-cryptsetup opens the one volume crypttab names.
+          '';
+        }
+        {
+          assertion = splitUnlock || fighting == [ ];
+          message = ''
+            boot.initrd.luks.devices.${lib.concatStringsSep ", boot.initrd.luks.devices." fighting} would
+            have NixOS open the volume (or the mapping "${mapperName}") that factory-init unlocks itself
+            (boot.initrd.factoryInit.device = "${cfg.device}"): the two would fight over it. Drop that
+            entry, or set boot.initrd.factoryInit.unlockWith = "systemd-cryptsetup" to let
+            systemd-cryptsetup open it and factory-init take /dev/mapper/${mapperName}.
+          '';
+        }
+        {
+          assertion = !(storeOnNix && (qemuWritableStore || roStoreUsers != [ ]));
+          message = ''
+            boot.initrd.factoryInit.storeMode = "${cfg.storeMode}" puts the factory /nix at
+            /nix/.ro-store, which ${lib.concatStringsSep " and " (lib.optional qemuWritableStore "qemu-vm's writable store (virtualisation.writableStore)" ++ map (n: "fileSystems.\"${n}\"") roStoreUsers)}
+            use as well: whichever mounts last hides the other (the VM would run from the wrong
+            store, or lose its own). For such a VM set boot.initrd.factoryInit.storeMode = "off",
+            or virtualisation.writableStore = false.
+          '';
+        }
       ];
 
       warnings = lib.optional (!(lib.elem cfg.storeMode storeModes)) ''
         boot.initrd.factoryInit.storeMode = "${cfg.storeMode}" is not implemented by this
         factory-init (it knows ${lib.concatStringsSep ", " storeModes}); it will use the overlay.
+      ''
+      ++ lib.optional (splitUnlock && configKeys != null && !(lib.elem "persist.opened" configKeys)) ''
+        boot.initrd.factoryInit.unlockWith = "systemd-cryptsetup": this factory-init does not know
+        the config key persist.opened yet; it will ignore it and look for the data disk itself
+        (device "auto"), next to the volume systemd-cryptsetup opened.
+      ''
+      ++ lib.optional (!splitUnlock && fightingAuto != [ ]) ''
+        boot.initrd.luks.devices.${lib.concatStringsSep ", boot.initrd.luks.devices." fightingAuto} names a
+        volume that boot.initrd.factoryInit.device = "auto" may pick too (a LUKS volume labelled
+        persist, else /dev/vdb): NixOS and factory-init would both try to open it. Give
+        factory-init a concrete device, or use unlockWith = "systemd-cryptsetup".
+      ''
+      ++ lib.optional (storeOnNix && belowNix != [ ]) ''
+        boot.initrd.factoryInit.storeMode = "${cfg.storeMode}" mounts over /nix, and
+        ${lib.concatMapStringsSep ", " (n: "fileSystems.\"${n}\"") belowNix} below it: mounted
+        before factory-init they end up hidden, after it on top of its /nix.
       '';
 
-      # What factory-init loads itself (libkmod), in helper mode too; `factory-init --plan
-      # --cmdline ""` ("modules") is the source of truth for this list.
-      boot.initrd.availableKernelModules = [
-        "virtio_pci" "virtio_blk" "qemu_fw_cfg" "tpm_tis" "tpm_crb" "ext4" "af_alg"
-        "algif_skcipher" "dm_crypt" "xts" "btrfs" "overlay" "sha256_ssse3"
-      ];
+      boot.initrd.availableKernelModules = kernelModules;
 
       boot.initrd.secrets = mkIf (cfg.luks.keyFile != null) {
         ${keyFileInInitrd} = cfg.luks.keyFile;
       };
     }
 
-    # ---- scripted stage 1 ---------------------------------------------------------------
-    (mkIf (!systemdStage1) {
+    # ---- scripted stage 1 (left out where NixOS no longer has it) -----------------------
+    (lib.optionalAttrs haveScripted (mkIf (!systemdStage1) {
       # Static, so it survives extra-utils' strip, nuke-refs and patchelf untouched.
       boot.initrd.extraUtilsCommands = ''
         copy_bin_and_libs ${cfg.package}/bin/factory-init
@@ -276,33 +480,27 @@ in
         factory-init --root="$targetRoot" --config /etc/vm-config.json || \
           echo "factory-init failed ($?); booting on the factory store"
       '';
-    })
+    }))
 
     # ---- systemd stage 1 -----------------------------------------------------------------
     (mkIf systemdStage1 {
       boot.initrd.systemd.extraBin.factory-init = "${cfg.package}/bin/factory-init";
       boot.initrd.systemd.contents."/etc/vm-config.json".source = configFile;
-      boot.initrd.systemd.services.factory-init = {
-        description = "factory-init: /persist, /nix and the VM config";
+      # Exactly the rendered nixos/factory-init.service.in; NixOS reads no [Install] section,
+      # hence wantedBy here.
+      boot.initrd.systemd.units."factory-init.service" = {
+        text = unitText;
         wantedBy = [ "initrd-fs.target" ];
-        requires = [ "sysroot.mount" ];
-        after = [ "sysroot.mount" ];
-        before = [ "initrd-fs.target" "initrd-nixos-activation.service" "initrd-switch-root.target" ];
-        unitConfig = {
-          DefaultDependencies = false;
-          # also after a separate /nix file system, when there is one
-          RequiresMountsFor = "/sysroot/nix";
-        };
-        serviceConfig = {
-          Type = "oneshot";
-          RemainAfterExit = true;
-          ExecStartPre = "-/bin/mkdir -p /sysroot/persist";
-          ExecStart = "/bin/factory-init --root=/sysroot --config /etc/vm-config.json";
-          # system credentials (SMBIOS, fw_cfg, the command line) named vm.*
-          ImportCredential = "vm.*";
-          StandardOutput = "journal+console";
-          StandardError = "journal+console";
-        };
+      };
+      # what this configuration adds, as factory-init.service.d/50-nixos.conf
+      boot.initrd.systemd.packages = lib.optional (dropInLines != [ ]) dropIn;
+    })
+
+    (mkIf splitUnlock {
+      boot.initrd.luks.devices.${mapperName} = {
+        device = cfg.device;
+        keyFile = if cfg.luks.keyFile != null && lib.elem "keyfile" cfg.luks.methods then keyFileInInitrd else null;
+        crypttabExtraOpts = crypttabOpts;
       };
     })
 

@@ -5,7 +5,8 @@
 #
 # Each case yields a .drv path (forcing toplevel.drvPath runs every NixOS assertion and
 # instantiates the initrd) after checking a few things the modules must have produced. The
-# cases named mistake-* must FAIL to evaluate.
+# cases named mistake-* must FAIL to evaluate. systemd stage 1 is the main case (NixOS 26.05's
+# default, and factory-base's); the scripted stage 1 keeps its own cases while NixOS has it.
 { nixpkgs, case }:
 
 let
@@ -43,7 +44,7 @@ let
   # The initrd's /etc/vm-config.json, as data.
   embeddedJson = source: builtins.fromJSON source.text;
 
-  withInitrd = { systemd, extra ? { } }: nixos [
+  withInitrd = { systemd ? true, extra ? { }, modules ? [ ] }: nixos ([
     vm
     factoryInit
     {
@@ -53,7 +54,83 @@ let
         embeddedConfig = { repo = "git@git.example.org:fleet.git"; "vm.branch" = "main"; };
       } // extra;
     }
-  ];
+  ] ++ modules);
+
+  # The unit as nixos/factory-init.service.in rendered with the module's values, computed here
+  # independently of the module (nixos/tests/eval.sh renders it with nixos/render-unit too).
+  unitSubstitutions = { factoryInit = "/bin/factory-init"; configFile = "/etc/vm-config.json"; };
+  unitTemplate = builtins.readFile ../factory-init.service.in;
+  unitExpected = lib.replaceStrings
+    [ "@factoryInit@" "@configFile@" ] [ unitSubstitutions.factoryInit unitSubstitutions.configFile ]
+    unitTemplate;
+
+  unitOf = c: c.config.boot.initrd.systemd.units."factory-init.service";
+  # the drop-in factory-init.service.d/50-nixos.conf, or null
+  dropInOf = c:
+    let
+      ps = lib.filter (p: (p.name or "") == "factory-init-service-dropin") c.config.boot.initrd.systemd.packages;
+    in
+    if ps == [ ] then null else (lib.head ps).text;
+
+  secretsUnit = "initrd-nixos-copy-secrets.service";
+  keyFile = "/etc/secrets/persist.key"; # never read: nothing is built
+
+  # A minimal NixOS stand-in without the scripted stage 1 (as NixOS 26.11 will be): it declares
+  # only the options factory-init.nix reads or sets, and none of postMountCommands,
+  # extraUtilsCommands[Test], extraFiles, so defining any of them would fail as it will there.
+  withoutScripted = systemd:
+    let
+      c = lib.evalModules {
+        modules = [
+          factoryInit
+          ({ lib, ... }: with lib; let any = mkOption { type = types.lazyAttrsOf types.anything; default = { }; }; in {
+            options = {
+              assertions = mkOption { type = types.listOf types.unspecified; default = [ ]; };
+              warnings = mkOption { type = types.listOf types.str; default = [ ]; };
+              boot.initrd = {
+                availableKernelModules = mkOption { type = types.listOf types.str; default = [ ]; };
+                secrets = any;
+                luks.devices = any;
+                systemd = {
+                  enable = mkOption { type = types.bool; };
+                  extraBin = any;
+                  contents = any;
+                  units = any;
+                  packages = mkOption { type = types.listOf types.package; default = [ ]; };
+                };
+              };
+              boot.kernelPackages = mkOption { type = types.raw; };
+              fileSystems = any;
+              nix = {
+                package = mkOption { type = types.raw; };
+                settings = any;
+                optimise.automatic = mkOption { type = types.bool; default = true; };
+              };
+              systemd.services = any;
+            };
+            config = {
+              _module.args.pkgs = pkgs;
+              boot.initrd.systemd.enable = systemd;
+              boot.kernelPackages = pkgs.linuxPackages;
+              nix.package = pkgs.nix;
+              boot.initrd.factoryInit.enable = true;
+            };
+          })
+        ];
+      };
+      failed = map (a: a.message) (lib.filter (a: !a.assertion) c.config.assertions);
+    in
+    if failed != [ ] then throw "Failed assertions:\n- ${lib.concatStringsSep "\n- " failed}" else c;
+
+  pkgs = import nixpkgs { inherit system; inherit (evalFixes.nixpkgs) overlays; };
+
+  # boot.kernelPackages with another kernel version (only the version: nothing is built)
+  kernelVersion = v: { pkgs, ... }: {
+    boot.kernelPackages = pkgs.linuxPackages.extend (self: super: {
+      kernel = let k = super.kernel // { version = v; override = _: k; }; in k;
+    });
+  };
+  kernelModulesOf = modules: (nixos ([ vm factoryInit { boot.initrd.factoryInit.enable = true; } ] ++ modules)).config.boot.initrd.availableKernelModules;
 
   scriptedChecks = c: extra:
     let
@@ -73,16 +150,21 @@ let
         "kernel modules are in the initrd")
     ] ++ extra json;
 
-  systemdChecks = c: extra:
+  # dropIn: the drop-in's text this configuration must have (null: none)
+  systemdChecks = c: { dropIn ? null }: extra:
     let
-      unit = c.config.boot.initrd.systemd.services.factory-init;
+      unit = unitOf c;
       json = embeddedJson c.config.boot.initrd.systemd.contents."/etc/vm-config.json".source;
     in
     [
-      (check (unit.serviceConfig.ExecStart == "/bin/factory-init --root=/sysroot --config /etc/vm-config.json")
+      (check (unit.text == unitExpected) "the unit is exactly nixos/factory-init.service.in, rendered")
+      (check (lib.hasInfix "ExecStart=/bin/factory-init --root=/sysroot --config /etc/vm-config.json\n" unit.text)
         "systemd stage 1 runs factory-init on /sysroot")
-      (check (lib.elem "initrd-fs.target" unit.before && lib.elem "sysroot.mount" unit.after)
-        "ordered after sysroot.mount, before initrd-fs.target")
+      (check (lib.hasInfix "Before=initrd-find-nixos-closure.service initrd-find-etc.service\n" unit.text)
+        "ordered before NixOS's closure and /etc lookups under /sysroot")
+      (check (unit.wantedBy == [ "initrd-fs.target" ]) "wanted by initrd-fs.target")
+      (check (!(c.config.boot.initrd.systemd.services ? factory-init)) "no second definition through services")
+      (check (dropInOf c == dropIn) "drop-in: ${builtins.toJSON (dropInOf c)}, expected ${builtins.toJSON dropIn}")
       (check (c.config.boot.initrd.systemd.extraBin ? factory-init) "binary in the systemd initrd")
       (check (c.config.boot.initrd.postMountCommands == "") "no scripted hooks with systemd stage 1")
       (check (json.repo == "git@git.example.org:fleet.git") "embedded config in the systemd initrd")
@@ -96,6 +178,104 @@ let
       assert check (lib.elem "main.c" p.passthru.srcFiles) "SRC list read from the Makefile";
       p.drvPath;
 
+    # ---- systemd stage 1 (the main case) ---------------------------------------------------
+    systemd-overlay =
+      let c = withInitrd { extra.luks = { methods = [ "tpm2" "passphrase" ]; tries = 5; }; }; in
+      toplevel c (systemdChecks c { } (json: [
+        (check (json.luks == "tpm2,passphrase" && json."luks.tries" == "5") "luks options")
+        (check (json.persist == "auto" && json.store == "overlay" && !(json ? "persist.opened")) "factory-init unlocks")
+        (check (c.config.boot.initrd.luks.devices == { }) "NixOS opens no LUKS volume")
+        (check (lib.elem "sha256_ssse3" c.config.boot.initrd.availableKernelModules) "sha256_ssse3 on 6.6")
+        (check (registers c) "stage 2 registers the factory paths (Nix 2.18)")
+      ]));
+
+    systemd-bind =
+      let c = withInitrd { extra = { storeMode = "bind"; device = "LABEL=persist"; timeout = 30; encrypted = "yes"; }; }; in
+      toplevel c (systemdChecks c { } (json: [
+        (check (json.store == "bind" && json.persist == "LABEL=persist" && json."persist.timeout" == "30")
+          "bind mode, device, timeout")
+        (check (json."persist.encrypted" == "yes") "encrypted reaches vm.persist.encrypted")
+        (check (registers c) "bind mode registers the factory paths too")
+      ]));
+
+    # A key file: factory-init reads it once initrd-nixos-copy-secrets has put it in place.
+    systemd-keyfile =
+      let c = withInitrd { extra.luks.keyFile = keyFile; }; in
+      toplevel c (systemdChecks c { dropIn = "[Unit]\nWants=${secretsUnit}\nAfter=${secretsUnit}\n"; } (json: [
+        (check (json."luks.keyfile" == "/etc/factory-init/keyfile") "vm.luks.keyfile")
+        (check (c.config.boot.initrd.secrets."/etc/factory-init/keyfile" == keyFile) "the key file is an initrd secret")
+        (check (c.config.boot.initrd.systemd.services ? initrd-nixos-copy-secrets) "24.05 has the unit it is ordered after")
+      ]));
+
+    # unlockWith = "systemd-cryptsetup": NixOS's crypttab opens the disk, factory-init takes it.
+    systemd-cryptsetup =
+      let
+        c = withInitrd {
+          extra = {
+            unlockWith = "systemd-cryptsetup";
+            device = "LABEL=persist";
+            luks = { methods = [ "tpm2" "keyfile" ]; keyFile = keyFile; tries = 2; };
+          };
+        };
+        dev = c.config.boot.initrd.luks.devices.persist;
+        crypttab = c.config.boot.initrd.systemd.contents."/etc/crypttab".source.text;
+        knows = lib.elem "persist.opened" (c.config.boot.initrd.factoryInit.package.passthru.configKeys or [ ]);
+        warned = lib.any (lib.hasInfix "does not know\nthe config key persist.opened") c.config.warnings;
+        cryptsetupUnit = "systemd-cryptsetup@persist.service";
+      in
+      toplevel c (systemdChecks c { dropIn = "[Unit]\nWants=${cryptsetupUnit}\nAfter=${cryptsetupUnit}\n"; } (json: [
+        (check (json."persist.opened" == "/dev/mapper/persist") "persist.opened in the embedded config")
+        (check (lib.all (k: !(json ? ${k})) [ "persist" "persist.encrypted" "luks" "luks.keyfile" "luks.tries" ])
+          "no unlock settings for factory-init")
+        (check (dev.device == "LABEL=persist" && dev.keyFile == "/etc/factory-init/keyfile") "luks.devices.persist")
+        (check (crypttab == "persist LABEL=persist /etc/factory-init/keyfile tpm2-device=auto,headless=true,x-systemd.device-timeout=10s,tries=2\n")
+          "crypttab: ${crypttab}")
+        (check (warned == !knows) "a warning exactly while the package lacks persist.opened")
+      ]));
+
+    # The sizes of the kernel module list: 24.05's 6.1, 6.6 (default), 6.11, and the version alone
+    # set to 6.12, 6.18, 7.2 (nothing is built; the list is what the closure builder gets).
+    kernel-modules =
+      let
+        lists = {
+          "6.1" = kernelModulesOf [ ({ pkgs, ... }: { boot.kernelPackages = pkgs.linuxPackages_6_1; }) ];
+          "6.6" = kernelModulesOf [ ];
+          "6.11" = kernelModulesOf [ ({ pkgs, ... }: { boot.kernelPackages = pkgs.linuxPackages_6_11; }) ];
+          "6.12" = kernelModulesOf [ (kernelVersion "6.12.60") ];
+          "6.18" = kernelModulesOf [ (kernelVersion "6.18.2") ];
+          "7.2" = kernelModulesOf [ (kernelVersion "7.2.0") ];
+        };
+        has = v: m: lib.elem m lists.${v};
+        c = withInitrd { modules = [ ({ pkgs, ... }: { boot.kernelPackages = pkgs.linuxPackages_6_1; }) ]; };
+      in
+      toplevel c [
+        (check (lib.all (v: has v "sha256_ssse3") [ "6.1" "6.6" "6.11" "6.12" ]) "sha256_ssse3 up to 6.12")
+        (check (lib.all (v: !has v "sha256_ssse3") [ "6.18" "7.2" ]) "no sha256_ssse3 on 6.18 and 7.x")
+        (check (lib.all (v: lib.all (has v) [ "xts" "dm_crypt" "btrfs" "overlay" "af_alg" "algif_skcipher" ]) (lib.attrNames lists))
+          "the rest everywhere")
+        (check (lib.versions.majorMinor c.config.boot.kernelPackages.kernel.version == "6.1") "a whole system on 6.1")
+      ];
+
+    # Where NixOS has no scripted stage 1 (26.11): the module defines none of its options.
+    without-scripted-options =
+      let c = withoutScripted true; in
+      assert check (!(c.options.boot.initrd ? postMountCommands)) "a NixOS without postMountCommands";
+      assert check ((unitOf c).text == unitExpected) "the unit";
+      assert check (c.config.boot.initrd.availableKernelModules != [ ]) "kernel modules";
+      builtins.seq c.config.warnings "evaluates without the scripted options; the unit as rendered";
+
+    # For nixos/tests/eval.sh's unit-render: the shipped text and the values it was rendered with.
+    unit-text = { text = (unitOf (withInitrd { })).text; substitutions = unitSubstitutions; };
+
+    # NixOS's qemu-vm with factory-init's /nix left alone: fine.
+    qemu-vm-store-off =
+      let c = withInitrd { extra.storeMode = "off"; modules = [ (nixpkgs + "/nixos/modules/virtualisation/qemu-vm.nix") ]; }; in
+      toplevel c [
+        (check c.config.virtualisation.writableStore "qemu-vm's store overlay is on")
+        (check (c.config.fileSystems ? "/nix/.ro-store") "qemu-vm mounts /nix/.ro-store")
+      ];
+
+    # ---- scripted stage 1 (while NixOS has it) -------------------------------------------------
     scripted-overlay =
       let c = withInitrd { systemd = false; extra.mountOptions = [ "compress=zstd" "noatime" ]; }; in
       toplevel c (scriptedChecks c (json: [
@@ -104,12 +284,7 @@ let
         (check (registers c) "stage 2 registers the factory paths (Nix 2.18)")
         (check (!c.config.nix.optimise.automatic && c.config.nix.settings.auto-optimise-store)
           "no nix-store --optimise over a plain overlay")
-      ]));
-
-    systemd-overlay =
-      let c = withInitrd { systemd = true; extra.luks = { methods = [ "tpm2" "passphrase" ]; tries = 5; }; }; in
-      toplevel c (systemdChecks c (json: [
-        (check (json.luks == "tpm2,passphrase" && json."luks.tries" == "5") "luks options")
+        (check (c.config.boot.initrd.systemd.packages == [ ]) "no systemd units")
       ]));
 
     scripted-off =
@@ -118,15 +293,6 @@ let
         (check (json.store == "off") "store off")
         (check (!(json ? "persist.options")) "compress=zstd (the default) is not repeated")
         (check (!registers c) "nothing to register with /nix left alone")
-      ]));
-
-    systemd-bind =
-      let c = withInitrd { systemd = true; extra = { storeMode = "bind"; device = "LABEL=persist"; timeout = 30; encrypted = "yes"; }; }; in
-      toplevel c (systemdChecks c (json: [
-        (check (json.store == "bind" && json.persist == "LABEL=persist" && json."persist.timeout" == "30")
-          "bind mode, device, timeout")
-        (check (json."persist.encrypted" == "yes") "encrypted reaches vm.persist.encrypted")
-        (check (registers c) "bind mode registers the factory paths too")
       ]));
 
     # Nix >= 2.22 (nixpkgs 24.05 has nixVersions.nix_2_24): the local-overlay-store.
@@ -171,9 +337,9 @@ let
       ];
 
     # The factory system and its images (make-disk-image).
-    image-qcow2-efi = factoryImage "efi" "qcow2";
-    image-qcow2-bios = factoryImage "bios" "qcow2";
-    image-raw = factoryImage "hybrid" "raw";
+    image-qcow2-efi = factoryImage "efi" "qcow2" { };
+    image-qcow2-bios = factoryImage "bios" "qcow2" { systemd = false; }; # the scripted stage 1
+    image-raw = factoryImage "hybrid" "raw" { };
 
     # flake.nix's outputs, with this nixpkgs tree standing in for the nixpkgs input.
     flake =
@@ -197,17 +363,37 @@ let
       boot.initrd.factoryInit.enable = true;
       boot.initrd.postDeviceCommands = "echo a scripted hook";
     } ]).config.system.build.toplevel.drvPath;
+    mistake-split-auto = (withInitrd { extra.unlockWith = "systemd-cryptsetup"; }).config.system.build.toplevel.drvPath;
+    mistake-split-scripted = (withInitrd {
+      systemd = false;
+      extra = { unlockWith = "systemd-cryptsetup"; device = "/dev/vdb"; };
+    }).config.system.build.toplevel.drvPath;
+    # the same disk under two names: LABEL=persist and /dev/disk/by-label/persist
+    mistake-luks-fight = (withInitrd {
+      extra.device = "LABEL=persist";
+      modules = [ { boot.initrd.luks.devices.data.device = "/dev/disk/by-label/persist"; } ];
+    }).config.system.build.toplevel.drvPath;
+    mistake-qemu-vm-store = (withInitrd {
+      modules = [ (nixpkgs + "/nixos/modules/virtualisation/qemu-vm.nix") ];
+    }).config.system.build.toplevel.drvPath;
+    mistake-scripted-without-options = (withoutScripted false).config.boot.initrd.systemd.units;
   };
 
-  factoryImage = boot: format:
+  # systemd: false for the scripted stage 1 (factory-base's default is systemd stage 1)
+  factoryImage = boot: format: { systemd ? true }:
     let
-      c = nixos [ ../factory-base.nix ../images.nix { factory.image.boot = boot; } ];
+      c = nixos [ ../factory-base.nix ../images.nix { factory.image.boot = boot; }
+        (lib.optionalAttrs (!systemd) { boot.initrd.systemd.enable = false; }) ];
       img = c.config.system.build.factoryImage.${format};
+      initrd = c.config.boot.initrd;
+      embedded = if systemd then initrd.systemd.contents."/etc/vm-config.json" else initrd.extraFiles."/etc/vm-config.json";
     in
     assert check (c.config.boot.initrd.factoryInit.enable) "factory-base turns factory-init on";
+    assert check (initrd.systemd.enable == systemd) "stage 1: systemd ${lib.boolToString systemd}";
+    assert check (systemd -> (unitOf c).text == unitExpected) "the unit";
     assert check (lib.elem "console=ttyS0,115200" c.config.boot.kernelParams) "serial console";
     assert check (c.config.networking.useDHCP) "DHCP";
-    assert check ((builtins.fromJSON c.config.boot.initrd.extraFiles."/etc/vm-config.json".source.text).branch == "main") "embedded config";
+    assert check ((builtins.fromJSON embedded.source.text).branch == "main") "embedded config";
     assert check (c.config.boot.loader.grub.efiSupport == (boot != "bios")) "boot loader fits the image";
     img.drvPath;
 in

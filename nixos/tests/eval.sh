@@ -6,6 +6,9 @@
 # Each case of nixos/tests/eval.nix is forced to a .drv path with nix-instantiate
 # (--readonly-mode: no store writes, no daemon), which runs every NixOS assertion and
 # instantiates the initrd; the cases named mistake-* must fail, with the expected message.
+# systemd stage 1 is the main case, the scripted stage 1 keeps its cases while NixOS has it.
+# unit-render: nixos/render-unit renders nixos/factory-init.service.in to the very text the module
+# ships (the test initrd of qemu-tests uses render-unit).
 # Without NIXPKGS or nix-instantiate it prints SKIP and exits 0.
 # NIXOS_CHECK_JOBS: evaluations run at once (default 2; each takes about 1-2 GB).
 set -uo pipefail
@@ -32,10 +35,19 @@ declare -A expect_error=(
     [mistake-store-mode]="boot.initrd.factoryInit.storeMode' is not of type"
     [mistake-key-in-config]="embeddedConfig must not hold luks.key"
     [mistake-scripted-hook-with-systemd]="systemd stage 1 does not support 'boot.initrd.postDeviceCommands'"
+    [mistake-split-auto]="needs a concrete"
+    [mistake-split-scripted]='unlockWith = "systemd-cryptsetup" needs systemd stage 1'
+    [mistake-luks-fight]="the two would fight over it"
+    [mistake-qemu-vm-store]="qemu-vm's writable store (virtualisation.writableStore)"
+    [mistake-scripted-without-options]="boot.initrd.factoryInit needs systemd stage 1 here"
 )
-all_cases=(package scripted-overlay systemd-overlay scripted-off systemd-bind local-overlay-store
+all_cases=(package systemd-overlay systemd-bind systemd-keyfile systemd-cryptsetup kernel-modules
+           without-scripted-options unit-render qemu-vm-store-off
+           scripted-overlay scripted-off local-overlay-store
            sync-config image-qcow2-efi image-qcow2-bios image-raw flake
-           mistake-store-mode mistake-key-in-config mistake-scripted-hook-with-systemd)
+           mistake-store-mode mistake-key-in-config mistake-scripted-hook-with-systemd
+           mistake-split-auto mistake-split-scripted mistake-luks-fight mistake-qemu-vm-store
+           mistake-scripted-without-options)
 if [ $# -gt 0 ]; then cases=("$@"); else cases=(flake-parse "${all_cases[@]}"); fi
 
 version=$(nix-instantiate --eval --expr "(import $NIXPKGS/lib).version" 2>/dev/null | tr -d '"')
@@ -52,6 +64,8 @@ run_case() {    # case → $out/case.{log,rc,s}
             echo "flake.nix parses" >"$out/$c.log"
     elif [ "$c" = plan-modules ]; then
         plan_modules >"$out/$c.log" 2>&1
+    elif [ "$c" = unit-render ]; then
+        unit_render >"$out/$c.log" 2>&1
     else
         nix-instantiate --eval --strict --readonly-mode "$here/eval.nix" \
             --arg nixpkgs "$NIXPKGS" --argstr case "$c" >"$out/$c.log" 2>&1
@@ -66,7 +80,7 @@ run_case() {    # case → $out/case.{log,rc,s}
 factory_init=$repo/build/factory-init
 plan_modules() {
     local nix plan
-    nix=$(sed -n '/availableKernelModules = \[/,/\];/p' "$here/../modules/factory-init.nix" |
+    nix=$(sed -n '/planModules = \[/,/\];/p' "$here/../modules/factory-init.nix" |
         grep -o '"[a-z0-9_]*"' | tr -d '"' | sort | paste -sd ' ')
     echo '{}' >"$out/empty.json"
     plan=$("$factory_init" --plan --cmdline '' --config "$out/empty.json" |
@@ -80,6 +94,25 @@ plan_modules() {
     fi
 }
 if [ $# -eq 0 ] && [ -x "$factory_init" ]; then cases+=(plan-modules); fi
+
+# The unit the module ships (eval.nix's unit-text: its text and the values it was rendered with)
+# against nixos/render-unit's rendering of nixos/factory-init.service.in with the same values.
+unit_render() {
+    nix-instantiate --eval --strict --json --readonly-mode "$here/eval.nix" \
+        --arg nixpkgs "$NIXPKGS" --argstr case unit-text >"$out/unit-text.json" || return 1
+    python3 - "$out/unit-text.json" "$here/../render-unit" <<'PY'
+import json, subprocess, sys
+d = json.load(open(sys.argv[1]))
+args = [f"{k}={v}" for k, v in sorted(d["substitutions"].items())]
+r = subprocess.run([sys.argv[2], *args], capture_output=True, text=True)
+if r.returncode != 0 or r.stdout != d["text"]:
+    sys.stderr.write(r.stderr)
+    import difflib
+    sys.stdout.writelines(difflib.unified_diff(d["text"].splitlines(True), r.stdout.splitlines(True), "module", "render-unit"))
+    sys.exit(1)
+print(f"render-unit {' '.join(args)} = the module's factory-init.service ({len(r.stdout)} bytes)")
+PY
+}
 
 jobs_max=${NIXOS_CHECK_JOBS:-2}
 t_start=$(date +%s)
