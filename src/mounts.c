@@ -90,18 +90,40 @@ static int hold_factory_store(const char *nix, char *why, size_t why_len)
 {
 	int r;
 	if ((r = make_dirs(FACTORY_LOWER, 0755)) < 0 ||
-	    (r = mount_bind(nix, FACTORY_LOWER, true)) < 0)
+	    (r = mount_bind(nix, FACTORY_LOWER, true)) < 0) {
 		snprintf(why, why_len, "cannot bind the factory %s: %s", nix, strerror(-r));
+		return r;
+	}
+	/*
+	 * Under systemd the root is a shared mount, and a bind of it joins its peer group: the
+	 * overlay then mounted on <nix> would propagate onto the hold, and detaching the hold would
+	 * propagate back and unmount the overlay. A private hold propagates nothing.
+	 */
+	if (mount(NULL, FACTORY_LOWER, NULL, MS_PRIVATE, NULL) < 0) {
+		r = -errno;
+		snprintf(why, why_len, "cannot make the held factory store private: %s",
+			 strerror(-r));
+		umount2(FACTORY_LOWER, MNT_DETACH);
+	}
 	return r;
 }
 
-/* Moves the held factory store to <nix>/.ro-store; undoes both mounts if it cannot. */
+/*
+ * Moves the held factory store to <nix>/.ro-store; undoes both mounts if it cannot. Under systemd
+ * every mount is shared, /run included, and the kernel refuses to move a mount that sits under a
+ * shared one (EINVAL): then the held store is bound there read-only and the hold detached, which
+ * leaves the same mount at the same place.
+ */
 static int expose_ro_store(const char *nix, char *why, size_t why_len)
 {
 	char rostore[PATH_MAX];
 	int r;
 	snprintf(rostore, sizeof(rostore), "%s/.ro-store", nix);
-	if ((r = make_dirs(rostore, 0755)) < 0 || (r = mount_move(FACTORY_LOWER, rostore)) < 0) {
+	if ((r = make_dirs(rostore, 0755)) == 0 &&
+	    (r = mount_move(FACTORY_LOWER, rostore)) == -EINVAL &&
+	    (r = mount_bind(FACTORY_LOWER, rostore, true)) == 0)
+		umount2(FACTORY_LOWER, MNT_DETACH);
+	if (r < 0) {
 		snprintf(why, why_len, "cannot expose the factory store at %s: %s", rostore,
 			 strerror(-r));
 		umount2(nix, MNT_DETACH);

@@ -460,7 +460,13 @@ void persist_setup(struct plan *p, struct status *st, const char *root)
 	if (p->import_credentials) {
 		if (p->read_credentials_dir)
 			credentials_read_dir(credentials_default_dir(), &creds, config_warn, st);
-		credentials_read_system(NULL, &creds, config_warn, st);
+		/* systemd read SMBIOS and fw_cfg already and passed what ImportCredential= names:
+		 * reading them again would only give "already set" warnings. */
+		if (p->read_credentials_dir && secure_getenv("CREDENTIALS_DIRECTORY"))
+			log_debug("system credentials: only those systemd passed in "
+				  "$CREDENTIALS_DIRECTORY");
+		else
+			credentials_read_system(NULL, &creds, config_warn, st);
 	}
 	if (creds.n > 0) {
 		char names[256] = "";
