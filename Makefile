@@ -118,8 +118,25 @@ fuzz: $(BUILD)/fuzz/fuzz_plan $(BUILD)/fuzz/fuzz_token $(BUILD)/fuzz/fuzz_smbios
 		$(BUILD)/fuzz/smbios
 
 # ---- QEMU ---------------------------------------------------------------------------------
+# The full run boots bookworm's 6.1 cloud kernel; then QEMU_CORE runs on each kernel of
+# QEMU_CORE_KERNELS (trixie 6.12 LTS, forky 7.2; qemu-tests/stack.sh kernel SUITE): LUKS2 key on
+# the command line (luks-cmdline-key) and in a key file after a refused TPM2 unseal
+# (tpm2-pcr-mismatch), TPM2 (tpm2-ours), passphrase, the fallbacks (no-data-disk, wrong-key),
+# credentials (SMBIOS, fw_cfg), the bind store and the factory refresh in both store modes.
+# Initrds carry the kernel's modules: one build directory per kernel. Every run goes ahead even
+# when an earlier one failed; the target fails if any did.
+QEMU_CORE := luks-cmdline-key tpm2-ours tpm2-pcr-mismatch passphrase no-data-disk wrong-key \
+	credential-smbios credential-fw_cfg bind-store refresh-bind refresh-overlay
+QEMU_CORE_KERNELS := trixie forky
 qemu-check: $(BUILD)/factory-init.static
-	python3 qemu-tests/run.py
+	@rc=0; \
+	echo "python3 qemu-tests/run.py --kernel bookworm -b $(BUILD)/qemu"; \
+	python3 qemu-tests/run.py --kernel bookworm -b $(BUILD)/qemu || rc=1; \
+	for k in $(QEMU_CORE_KERNELS); do \
+		echo "python3 qemu-tests/run.py --kernel $$k -b $(BUILD)/qemu-$$k \$$(QEMU_CORE)"; \
+		python3 qemu-tests/run.py --kernel $$k -b $(BUILD)/qemu-$$k $(QEMU_CORE) || rc=1; \
+	done; \
+	exit $$rc
 
 # The libvirt example validates against libvirt's schemas (virt-xml-validate: libvirt-clients).
 examples-check: | $(PACKAGES_STAMP)

@@ -20,6 +20,11 @@ import harness  # noqa: E402
 from harness import Disk  # noqa: E402
 
 MKINITRD = os.path.join(TOP, "dracut-like", "mkinitrd")
+#: Fetches and unpacks the kernels (and trees) of the Debian suites.
+STACK_SH = os.path.join(HERE, "stack.sh")
+#: The suites whose cloud kernel a run can boot (Context(kernel=...), run.py --kernel):
+#: bookworm 6.1 (the host's; the default), trixie 6.12 LTS, forky 7.2.
+KERNEL_SUITES = ("bookworm", "trixie", "forky")
 #: Kernel command line used by ctx.boot unless a scenario passes its own.
 DEFAULT_APPEND = "console=ttyS0 panic=-1 quiet"
 
@@ -46,15 +51,23 @@ class Abort(Exception):
 class Context:
     """Per-run helpers handed to every scenario.
 
-    Attributes: build (output dir), icount (bool), echo (bool).
+    Attributes: build (output dir), icount (bool), echo (bool), suite (the Debian suite whose
+    cloud kernel the guests boot: one of KERNEL_SUITES; the ``kernel`` argument).
     Expensive pieces (kernel, disks, floor initrd) are built on first use
     and shared by all scenarios of the run.
+
+    Initrds carry the kernel's modules, so a build directory belongs to one suite: the first
+    use of the kernel records it in BUILD/kernel, and a Context for another suite refuses that
+    directory (use one build directory per kernel, as run.py's default and the Makefile do).
     """
 
-    def __init__(self, build, icount=False, echo=False):
+    def __init__(self, build, icount=False, echo=False, kernel="bookworm"):
+        if kernel not in KERNEL_SUITES:
+            raise ValueError(f"kernel must be one of {', '.join(KERNEL_SUITES)}, not {kernel!r}")
         self.build = os.path.abspath(build)
         self.icount = icount
         self.echo = echo
+        self.suite = kernel
         self._kernel_dir = None
         self._disks = None
         self._floor = None
@@ -85,10 +98,31 @@ class Context:
     # -- build products ----------------------------------------------------
     @property
     def kernel_dir(self):
-        """Unpacked Debian cloud kernel (qemu-tests/kernel.sh)."""
+        """Unpacked Debian cloud kernel of this run's suite (qemu-tests/stack.sh kernel SUITE)."""
         if self._kernel_dir is None:
-            self._kernel_dir = _run_out([os.path.join(HERE, "kernel.sh"), "-q"])
+            d = _run_out([STACK_SH, "-q", "kernel", self.suite])
+            self._claim_build_dir(d)
+            self._kernel_dir = d
         return self._kernel_dir
+
+    def _claim_build_dir(self, kdir):
+        """Record this run's kernel in BUILD/kernel ("SUITE KVER"); refuse a build directory
+        that holds another suite's initrds.  A new kernel version of the same suite is fine
+        (initrds are rebuilt by every run; floor.sh keys its cache by kernel version)."""
+        with open(os.path.join(kdir, "kver")) as f:
+            kver = f.read().strip()
+        os.makedirs(self.build, exist_ok=True)
+        stamp = os.path.join(self.build, "kernel")
+        if os.path.exists(stamp):
+            with open(stamp) as f:
+                had = f.read().split()
+            if had and had[0] != self.suite:
+                raise RuntimeError(f"{self.build} holds initrds for the {had[0]} kernel "
+                                   f"({' '.join(had[1:])}); use another build directory "
+                                   f"for {self.suite} (run.py -b DIR)")
+        with open(stamp + ".tmp", "w") as f:
+            f.write(f"{self.suite} {kver}\n")
+        os.replace(stamp + ".tmp", stamp)
 
     @property
     def kver(self):
@@ -129,7 +163,9 @@ class Context:
     def floor_initrd(self):
         """The busybox baseline initrd (qemu-tests/floor.sh)."""
         if self._floor is None:
-            self._floor = _run_out([os.path.join(HERE, "floor.sh"), self.build])
+            self.kernel_dir   # claims the build dir; floor.sh asks kernel.sh for the same suite
+            env = dict(os.environ, FACTORY_KERNEL_SUITE=self.suite)
+            self._floor = _run_out([os.path.join(HERE, "floor.sh"), self.build], env=env)
         return self._floor
 
     def mkinitrd(self, out, init, modules="", args=()):
@@ -159,9 +195,9 @@ class Context:
         return r
 
 
-def _run_out(cmd):
+def _run_out(cmd, env=None):
     r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                       text=True)
+                       text=True, env=env)
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}):\n"
                            f"{r.stderr.strip()}")

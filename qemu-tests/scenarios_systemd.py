@@ -1,0 +1,292 @@
+"""scenarios_systemd.py - a systemd stage 2: factory-init switch_root's into Debian forky.
+
+The factory root is forky-root.img (qemu-tests/mkforkyroot.sh: the cached forky tree, systemd
+262 as /sbin/init, read-only root with a tmpfs /var, no gettys) instead of factory.img's
+busybox reporter; its factory-test-reporter.service waits for `systemctl is-system-running
+--wait` and prints the @@ lines harness.parse_console understands plus @@SYSTEMD (state, failed
+units, timestamps), @@JOURNAL (factory-init's records in the journal) and, with
+factory.test.cryptsetup= on the command line, @@CRYPTSETUP (systemd-cryptsetup opening a disk
+with a TPM2 token factory-init enrolled).
+
+systemd-stage2-overlay, systemd-stage2-fallback, systemd-stage2-bind,
+systemd-stage2-cryptsetup-ours (PCR 7: opens; the default PCR 7+15: locked out).  Registered
+after the other modules.
+"""
+
+import hashlib
+import json
+import os
+import subprocess
+
+import harness
+from harness import Disk
+from context import (FACTORY_INIT_DEV, FI_APPEND, HERE, RUN_CONFIG, STATUS, check_fi_logged,
+                     check_no_secret, enroll_ours, fi_initrd, fresh_dir, luks_copy, pcrs_of,
+                     read_key, scenario)
+
+MKFORKYROOT = os.path.join(HERE, "mkforkyroot.sh")
+#: Guest memory (MiB) for a systemd stage 2.
+MEMORY = 768
+#: Wall-clock limit of one boot: systemd under TCG on a shared host.
+TIMEOUT = 600
+#: The firmware (SeaBIOS) measures one separator event into PCR 7: SHA-256 of 0xffffffff
+#: (scenarios_tpm2.SEPARATOR_DIGEST); PCR 7 of the VM is therefore known in advance.
+SEPARATOR_DIGEST = "ad95131bc0b799c0b1af477fb14fcf26a6a9f76079e48bf090acb7e8367bfd0e"
+VM_PCR7 = hashlib.sha256(bytes(32) + bytes.fromhex(SEPARATOR_DIGEST)).hexdigest()
+#: A malformed vm.* parameter: factory-init warns and ignores it.
+BAD_HOSTNAME = "vm.hostname=bad_host!"
+
+
+def forky_root(ctx):
+    """BUILD/forky-root.img (mkforkyroot.sh, cached by its stamp), built once per run."""
+    img = getattr(ctx, "_forky_root", None)
+    if img is None:
+        r = subprocess.run([MKFORKYROOT, ctx.build], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"mkforkyroot.sh failed: {r.stderr.strip()}")
+        img = r.stdout.strip().splitlines()[-1]
+        ctx._forky_root = img
+    return img
+
+
+class Systemd:
+    """What the systemd reporter printed: state, failed units, unit states, journal."""
+
+    def __init__(self, r):
+        self.state = None
+        self.failed = []
+        self.units = {}
+        self.times = {}
+        self.analyze = ""
+        self.journal = []            # (priority int or None, dict)
+        self.cryptsetup = None       # {"rc": ..., "mapper": ..., ...}
+        self.cryptsetup_out = []
+        for line in r.raw.splitlines():
+            i = line.find("@@")
+            if i < 0:
+                continue
+            tag, _, rest = line[i + 2:].partition(" ")
+            if tag == "SYSTEMD":
+                if rest.startswith("state="):
+                    self.state = rest[6:].strip()
+                elif rest.startswith("failed="):
+                    self.failed = rest[7:].split()
+                elif rest.startswith("analyze="):
+                    self.analyze = rest[8:].strip()
+                elif rest.startswith("unit "):
+                    f = rest.split()
+                    self.units[f[1]] = tuple(f[2:])
+                elif rest.startswith("userspace_us="):
+                    for kv in rest.split():
+                        k, _, v = kv.partition("=")
+                        self.times[k] = int(v) if v.isdigit() else None
+            elif tag == "JOURNAL":
+                _, _, js = rest.partition(" ")
+                try:
+                    j = json.loads(js)
+                except ValueError:
+                    continue
+                p = j.get("PRIORITY")
+                self.journal.append((int(p) if p and p.isdigit() else None, j))
+            elif tag == "CRYPTSETUP|":
+                self.cryptsetup_out.append(rest)
+            elif tag == "CRYPTSETUP":
+                self.cryptsetup = dict(kv.partition("=")[::2] for kv in rest.split())
+
+    def fi_records(self):
+        """(priority, message) of the journal entries factory-init wrote."""
+        return [(p, j.get("MESSAGE")) for p, j in self.journal
+                if j.get("SYSLOG_IDENTIFIER") == "factory-init"]
+
+    def userspace_s(self):
+        """Seconds from systemd's start to the end of the boot (monotonic)."""
+        u, f = self.times.get("userspace_us"), self.times.get("finish_us")
+        return round((f - u) / 1e6, 2) if u and f else None
+
+
+def boot_systemd(ctx, name, disks, append, **kw):
+    kw.setdefault("timeout", TIMEOUT)
+    kw.setdefault("memory", MEMORY)
+    r = ctx.boot(name, fi_initrd(ctx, "fi-plain"), disks, append, **kw)
+    sd = Systemd(r)
+    ctx.diag(f"{name}: wall {r.wall_time:.1f} s, reporter at uptime {r.uptime} s, systemd "
+             f"start {sd.times.get('userspace_us', 0) / 1e6 if sd.times.get('userspace_us') else '?'}"
+             f" s -> boot finished after {sd.userspace_s()} s; {sd.analyze}")
+    return r, sd
+
+
+def check_stage2_basics(ctx, r, sd):
+    """systemd ran to the end with nothing failed; the root stayed read-only; our files."""
+    ctx.require(r.stage2, f"the systemd reporter never started: {r.tail()}")
+    ctx.check(r.done, "@@DONE not seen")
+    ctx.check(not r.timed_out, "QEMU timed out")
+    ctx.check(sd.state == "running", f"systemd state {sd.state!r}, failed units {sd.failed}")
+    ctx.check(not sd.failed, f"failed units: {sd.failed}")
+    root = r.mount_at("/")
+    ctx.check(root is not None and root.device == "/dev/vda" and root.fstype == "ext4"
+              and root.readonly, f"/ is not /dev/vda ext4 ro: {root}")
+    var = r.mount_at("/var")
+    ctx.check(var is not None and var.fstype == "tmpfs", f"/var is not a tmpfs: {var}")
+    ctx.require(STATUS in r.files and RUN_CONFIG in r.files,
+                f"status/config not in stage 2: files {list(r.files)}, nofiles {r.nofiles}")
+    st = r.json(STATUS)
+    cfg = r.json(RUN_CONFIG)
+    ctx.check(isinstance(cfg, dict), f"{RUN_CONFIG} is not an object: {cfg!r}")
+    return st, cfg
+
+
+def check_journal(ctx, sd, want):
+    """WANT: [(priority, text)]: factory-init's journal records hold each TEXT at PRIORITY
+    (None: any); the diagnostics show the priority each TEXT had."""
+    recs = sd.fi_records()
+    ctx.check(recs, f"no journal entry with SYSLOG_IDENTIFIER=factory-init "
+                    f"({len(sd.journal)} entries mention factory-init)")
+    for prio, text in want:
+        ctx.check(any((prio is None or p == prio) and m and text in m for p, m in recs),
+                  f"no factory-init journal record at priority {prio} containing {text!r}: "
+                  f"{recs[:12]}")
+    if recs:
+        kinds = {}
+        for p, _ in recs:
+            kinds[p] = kinds.get(p, 0) + 1
+        j = next(j for p, j in sd.journal if j.get("SYSLOG_IDENTIFIER") == "factory-init")
+        ctx.diag(f"factory-init in the journal: {len(recs)} records, by priority {kinds}; "
+                 f"e.g. {json.dumps(j)}")
+        for _, text in want:
+            ctx.diag("  " + "; ".join(f"prio {p}: {m}" for p, m in recs if m and text in m))
+
+
+@scenario("systemd-stage2-overlay")
+def systemd_stage2_overlay(ctx):
+    """LUKS key on the command line, /nix overlay, systemd 262 reaches running; factory-init's
+    records (info and a warning) are in the journal at their priorities; status and config."""
+    key = read_key(ctx)
+    disks = [Disk(forky_root(ctx)), Disk(ctx.disks.luks)]
+    r, sd = boot_systemd(ctx, "systemd-stage2-overlay", disks,
+                         f"{FI_APPEND} vm.luks.key={key} {BAD_HOSTNAME}")
+    st, cfg = check_stage2_basics(ctx, r, sd)
+    ctx.check(st["outcome"] == "persist", f"outcome {st['outcome']}: {st['reason']}")
+    ctx.check(st["unlock"] == "cmdline-key", f"unlock {st['unlock']}")
+    ctx.check(st["store"] == "overlay", f"store {st['store']}")
+    ctx.check("hostname" not in cfg, f"the bad host name reached the config: {cfg}")
+    p = r.mount_at("/persist")
+    ctx.require(p is not None, "/persist not mounted")
+    ctx.check(p.device == "/dev/mapper/persist" and p.fstype == "btrfs", f"/persist: {p}")
+    n = r.mount_at("/nix")
+    ctx.check(n is not None and n.fstype == "overlay", f"/nix is not an overlay: {n}")
+    ctx.check(r.marker_written, "could not write under /nix")
+    ctx.check(sd.units.get("nix-daemon.socket", ("?",))[0] == "active",
+              f"nix-daemon.socket: {sd.units.get('nix-daemon.socket')}")
+    check_journal(ctx, sd, [(6, "unlocked /dev/vdb with cmdline-key"),
+                            (4, 'vm.hostname="bad_host!"')])
+    check_fi_logged(ctx, r, "unlocked /dev/vdb with cmdline-key")
+    check_no_secret(ctx, r, key)
+
+
+@scenario("systemd-stage2-fallback")
+def systemd_stage2_fallback(ctx):
+    """No data disk: factory-init falls back to the factory store, systemd still reaches
+    running (nix-daemon is skipped on the read-only store, not failed); the reason is in the
+    status and in the journal."""
+    r, sd = boot_systemd(ctx, "systemd-stage2-fallback", [Disk(forky_root(ctx))],
+                         f"{FI_APPEND} vm.persist.timeout=2")
+    st, cfg = check_stage2_basics(ctx, r, sd)
+    ctx.check(st["outcome"] == "fallback", f"outcome {st['outcome']}")
+    ctx.check(st["reason"] and "no data disk" in st["reason"], f"reason {st['reason']!r}")
+    ctx.check(st["store"] == "factory", f"store {st['store']}")
+    ctx.check(r.mount_at("/persist") is None, "/persist is mounted")
+    ctx.check(r.mount_at("/nix") is None, "/nix is a mount of its own")
+    ctx.check(r.marker_write_failed, "the factory /nix was writable")
+    ctx.check(sd.units.get("nix-daemon.socket", ("?",))[0] == "inactive",
+              f"nix-daemon.socket on a read-only store: {sd.units.get('nix-daemon.socket')}")
+    check_journal(ctx, sd, [(None, "booting on the factory store: no data disk")])
+
+
+@scenario("systemd-stage2-bind")
+def systemd_stage2_bind(ctx):
+    """vm.store=bind: the forky root's /nix copied to /persist/nix and bound on /nix; systemd
+    reaches running with nix-daemon on it."""
+    key = read_key(ctx)
+    disks = [Disk(forky_root(ctx)), Disk(ctx.disks.luks)]
+    r, sd = boot_systemd(ctx, "systemd-stage2-bind", disks,
+                         f"{FI_APPEND} vm.luks.key={key} vm.store=bind")
+    st, cfg = check_stage2_basics(ctx, r, sd)
+    ctx.check(st["outcome"] == "persist", f"outcome {st['outcome']}: {st['reason']}")
+    ctx.check(st["store"] == "bind", f"store {st['store']}")
+    n = r.mount_at("/nix")
+    ctx.check(n is not None and n.device == "/dev/mapper/persist" and n.fstype == "btrfs",
+              f"/nix is not the Btrfs copy: {n}")
+    ro = r.mount_at("/nix/.ro-store")
+    ctx.check(ro is not None and ro.readonly, f"/nix/.ro-store: {ro}")
+    ctx.check(r.marker_written, "could not write under /nix")
+    ctx.check(sd.units.get("nix-daemon.socket", ("?",))[0] == "active",
+              f"nix-daemon.socket: {sd.units.get('nix-daemon.socket')}")
+    check_journal(ctx, sd, [(6, "copied the factory store to /persist/nix")])
+    check_no_secret(ctx, r, key)
+
+
+def token_of(img):
+    out = subprocess.run(["cryptsetup", "token", "export", "--token-id", "0", img], check=True,
+                         stdout=subprocess.PIPE, text=True).stdout
+    return json.loads(out)
+
+
+def cryptsetup_boot(ctx, name, img, state):
+    """factory-init opens /persist (luks.img, key on the command line) and hands over to
+    systemd; factory-test-cryptsetup.service runs systemd-cryptsetup on IMG (vdc) with the VM's
+    TPM on STATE."""
+    key = read_key(ctx)
+    disks = [Disk(forky_root(ctx)), Disk(ctx.disks.luks), Disk(img)]
+    with harness.Swtpm(state) as tpm:
+        r, sd = boot_systemd(ctx, name, disks,
+                             f"{FI_APPEND} vm.luks.key={key} vm.persist=/dev/vdb "
+                             "factory.test.cryptsetup=/dev/vdc", extra_args=tpm.qemu_args)
+    check_stage2_basics(ctx, r, sd)
+    ctx.require(r.mount_at("/persist") is not None, "/persist not mounted")
+    pcrs = pcrs_of(r)
+    ctx.check(pcrs.get(7) == VM_PCR7, f"PCR 7 of the VM {pcrs.get(7)}, expected {VM_PCR7}")
+    ctx.check(pcrs.get(15) not in (None, "0" * 64), f"PCR 15 not extended: {pcrs.get(15)}")
+    ctx.require(sd.cryptsetup is not None, f"no @@CRYPTSETUP line: {r.tail()}")
+    ctx.diag(f"{name}: {sd.cryptsetup}; " + " | ".join(sd.cryptsetup_out[-6:]))
+    return r, sd
+
+
+@scenario("systemd-stage2-cryptsetup-ours")
+def systemd_stage2_cryptsetup_ours(ctx):
+    """forky's systemd-cryptsetup, in stage 2 inside the VM, opens a disk factory-init
+    enroll-tpm2 sealed to PCR 7 (rc 0, /dev/mapper/ours); with enroll-tpm2's default binding
+    (PCR 7 and PCR 15 at zero) it cannot: factory-init extended PCR 15 before stage 2."""
+    # PCR 7 bound to the value the VM will measure (a plain --pcrs=7 would take the host
+    # swtpm's current value, all zeros on a fresh state: a mismatch for another reason).
+    state = fresh_dir(ctx.path("systemd-cs-pcr7.tpm"))
+    img = luks_copy(ctx, "systemd-cs-pcr7")
+    subprocess.run(["cryptsetup", "config", "--label", "ours", img], check=True)
+    enroll_ours(ctx, img, state, f"7:sha256={VM_PCR7}")
+    tok = token_of(img)
+    ctx.check(tok.get("tpm2-pcrs") == [7], f"token {tok}")
+    r, sd = cryptsetup_boot(ctx, "systemd-stage2-cryptsetup-pcr7", img, state)
+    ctx.check(sd.cryptsetup.get("rc") == "0", f"systemd-cryptsetup attach failed: "
+                                             f"{sd.cryptsetup} {sd.cryptsetup_out}")
+    ctx.check(sd.cryptsetup.get("mapper") == "yes", "/dev/mapper/ours did not appear")
+    ctx.check(sd.cryptsetup.get("detach") == "0", f"detach: {sd.cryptsetup}")
+
+    # The default --pcrs: PCR 7 at its current value (the host swtpm replays the firmware's
+    # separator first, so that is the VM's value too) and PCR 15 at zero.
+    state2 = fresh_dir(ctx.path("systemd-cs-lock.tpm"))
+    img2 = luks_copy(ctx, "systemd-cs-lock")
+    subprocess.run(["cryptsetup", "config", "--label", "ours", img2], check=True)
+    with harness.swtpm_tcp(state2) as tpm:
+        subprocess.run(["tpm2_pcrextend", f"7:sha256={SEPARATOR_DIGEST}"], env=tpm.env,
+                       check=True)
+        e = subprocess.run([FACTORY_INIT_DEV, "enroll-tpm2", img2, f"--tpm2-device={tpm.tcti}",
+                            f"--unlock-key-file={ctx.disks.key}"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ctx.diag(e.stdout.strip())
+    ctx.require(e.returncode == 0, f"enroll-tpm2 (default PCRs) failed: {e.stdout}")
+    tok = token_of(img2)
+    ctx.check(tok.get("tpm2-pcrs") == [7, 15], f"default token {tok}")
+    r, sd = cryptsetup_boot(ctx, "systemd-stage2-cryptsetup-lock", img2, state2)
+    ctx.check(sd.cryptsetup.get("rc") not in (None, "0"),
+              f"systemd-cryptsetup opened a PCR 15-locked token in stage 2: {sd.cryptsetup}")
+    ctx.check(sd.cryptsetup.get("mapper") == "no", "/dev/mapper/ours exists")
