@@ -11,7 +11,7 @@ BUILD=(gcc make pkg-config autoconf automake libtool autopoint gettext autoconf-
        libblkid-dev libmount-dev libcryptsetup-dev libkmod-dev libtss2-dev file binutils)
 TEST=(libcmocka-dev clang python3 qemu-system-x86 qemu-utils busybox-static cryptsetup-bin
       btrfs-progs e2fsprogs zstd xz-utils kmod swtpm swtpm-tools tpm2-tools systemd
-      libtss2-tcti-swtpm0 cpio util-linux libvirt-clients age rsync nix-bin)
+      libtss2-tcti-swtpm0 cpio util-linux libvirt-clients age rsync nix-bin debootstrap)
 
 case "${1:-all}" in
 build) want=("${BUILD[@]}") ;;

@@ -480,10 +480,20 @@ static void test_systemd262_real_tokens(void **state)
 		assert_string_equal(t.pcr_bank, cases[i].bank);
 		assert_string_equal(t.primary_alg, "ecc");
 		assert_int_equal(t.policy_hash_len, 32);
-		/* TPM2B_PUBLIC: KEYEDHASH, SHA-256, the attributes, authPolicy = tpm2-policy-hash. */
-		uint8_t head[12] = {0x00, 0x4e, 0x00, 0x08, 0x00, 0x0b, 0, 0,
-				    (uint8_t)(cases[i].attrs >> 8), (uint8_t)cases[i].attrs,
-				    0x00, 0x20};
+		/* TPM2B_PUBLIC: KEYEDHASH, SHA-256, the attributes, authPolicy = tpm2-policy-hash.
+		 */
+		uint8_t head[12] = {0x00,
+				    0x4e,
+				    0x00,
+				    0x08,
+				    0x00,
+				    0x0b,
+				    0,
+				    0,
+				    (uint8_t)(cases[i].attrs >> 8),
+				    (uint8_t)cases[i].attrs,
+				    0x00,
+				    0x20};
 		assert_memory_equal(t.blob_public, head, sizeof(head));
 		assert_memory_equal(t.blob_public + 12, t.policy_hash, 32);
 		if (!cases[i].pcr_mask && !cases[i].pin) {
