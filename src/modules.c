@@ -48,9 +48,10 @@ static int load_one(struct kmod_ctx *ctx, const char *name)
 	return loaded > 0 ? 0 : r;
 }
 
-int modules_load(const char *const *names, size_t n)
+/* A libkmod context on dir (NULL: the running kernel's) with its indexes loaded. */
+static int kmod_open(const char *dir, struct kmod_ctx **out)
 {
-	struct kmod_ctx *ctx = kmod_new(NULL, NULL);
+	struct kmod_ctx *ctx = kmod_new(dir, NULL);
 	if (!ctx)
 		return -ENOENT;
 	kmod_set_log_fn(ctx, kmod_log_fn, NULL);
@@ -59,6 +60,16 @@ int modules_load(const char *const *names, size_t n)
 		kmod_unref(ctx);
 		return r;
 	}
+	*out = ctx;
+	return 0;
+}
+
+int modules_load(const char *const *names, size_t n)
+{
+	struct kmod_ctx *ctx;
+	int r = kmod_open(NULL, &ctx);
+	if (r < 0)
+		return r;
 	int failed = 0;
 	for (size_t i = 0; i < n; i++) {
 		r = load_one(ctx, names[i]);
@@ -88,15 +99,10 @@ int modules_resolve(const char *kmoddir, struct module_resolution *res)
 	memset(res, 0, sizeof(*res));
 	const char *slash = strrchr(kmoddir, '/');
 	res->kver = slash && slash[1] ? slash + 1 : kmoddir;
-	struct kmod_ctx *ctx = kmod_new(kmoddir, NULL);
-	if (!ctx)
-		return -ENOENT;
-	kmod_set_log_fn(ctx, kmod_log_fn, NULL);
-	int r = kmod_load_resources(ctx);
-	if (r < 0) {
-		kmod_unref(ctx);
+	struct kmod_ctx *ctx;
+	int r = kmod_open(kmoddir, &ctx);
+	if (r < 0)
 		return r;
-	}
 	res->n = plan_initrd_modules(res->names, ARRAY_SIZE(res->names));
 	for (size_t i = 0; i < res->n; i++) {
 		struct kmod_list *list = NULL, *it;
