@@ -56,22 +56,32 @@ static const char *dev_describe(const struct plan *p, char *buf, size_t len)
 	return buf;
 }
 
+/* Mounts fsdev as Btrfs on /persist, as the "mount" step; a failure is logged and is the reason. */
+static int mount_persist(const struct plan *p, struct status *st, const char *fsdev,
+			 const char *persist_dir, char *why, size_t why_len)
+{
+	uint64_t t = now_ms();
+	int r = mount_fs(fsdev, persist_dir, "btrfs", p->persist_options, why, why_len);
+	status_step(st, "mount", now_ms() - t, r);
+	if (r < 0) {
+		log_err("%s", why);
+		status_reason(st, "%s", why);
+	}
+	return r;
+}
+
 /* Mounts a candidate (its opened mapping when LUKS) on /persist; on failure closes the mapping. */
 static int mount_candidate(const struct plan *p, struct status *st, struct persist_candidate *c,
 			   bool luks, const char *persist_dir)
 {
 	char why[512] = "";
 	const char *fsdev = luks ? "/dev/mapper/" PERSIST_DM_NAME : c->dev.devname;
-	uint64_t t = now_ms();
-	int r = mount_fs(fsdev, persist_dir, "btrfs", p->persist_options, why, sizeof(why));
-	status_step(st, "mount", now_ms() - t, r);
+	int r = mount_persist(p, st, fsdev, persist_dir, why, sizeof(why));
 	if (r < 0) {
-		log_err("%s", why);
 		c->verdict = CAND_FAILED;
 		strscpy(c->detail, why, sizeof(c->detail));
 		if (luks)
 			unlock_close(PERSIST_DM_NAME);
-		status_reason(st, "%s", why);
 		return r;
 	}
 	c->verdict = CAND_USED;
@@ -424,14 +434,9 @@ static int use_opened(const struct plan *p, struct status *st, const char *persi
 	}
 	strscpy(st->unlock, "opened", sizeof(st->unlock));
 	char why[512] = "";
-	t = now_ms();
-	r = mount_fs(p->persist_opened, persist_dir, "btrfs", p->persist_options, why, sizeof(why));
-	status_step(st, "mount", now_ms() - t, r);
-	if (r < 0) {
-		log_err("%s", why);
-		status_reason(st, "%s", why);
+	r = mount_persist(p, st, p->persist_opened, persist_dir, why, sizeof(why));
+	if (r < 0)
 		return r;
-	}
 	log_info("mounted %s on /persist (opened by another program, %s; btrfs, %s)",
 		 p->persist_opened, st->luks ? uuid : "not LUKS", p->persist_options);
 	return 0;
