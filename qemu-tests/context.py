@@ -268,6 +268,15 @@ def check_fi_logged(ctx, r, text):
               f"no factory-init kmsg line containing {text!r}")
 
 
+def check_no_disk_fallback(ctx, st, r):
+    """What every stage 2 must see after "no data disk": the factory store, nothing mounted."""
+    ctx.check(st["outcome"] == "fallback", f"outcome {st['outcome']}")
+    ctx.check(st["reason"] and "no data disk" in st["reason"], f"reason {st['reason']!r}")
+    ctx.check(st["store"] == "factory", f"store {st['store']}")
+    ctx.check(r.mount_at("/persist") is None, "/persist is mounted")
+    ctx.check(r.mount_at("/nix") is None, "/nix is a mount of its own")
+
+
 def same_disk(base, image):
     """True when IMAGE (a qcow2 overlay) reads exactly as BASE (raw)."""
     return subprocess.run(["qemu-img", "compare", "-q", "-f", "raw", "-F", "qcow2",

@@ -21,8 +21,8 @@ import subprocess
 import harness
 from harness import Disk
 from context import (FACTORY_INIT_DEV, FI_APPEND, HERE, RUN_CONFIG, STATUS, check_fi_logged,
-                     check_no_secret, enroll_ours, fi_initrd, fresh_dir, luks_copy, pcrs_of,
-                     read_key, scenario)
+                     check_no_disk_fallback, check_no_secret, enroll_ours, fi_initrd, fresh_dir,
+                     luks_copy, pcrs_of, read_key, scenario)
 
 MKFORKYROOT = os.path.join(HERE, "mkforkyroot.sh")
 #: Guest memory (MiB) for a systemd stage 2.
@@ -192,11 +192,7 @@ def systemd_stage2_fallback(ctx):
     r, sd = boot_systemd(ctx, "systemd-stage2-fallback", [Disk(forky_root(ctx))],
                          f"{FI_APPEND} vm.persist.timeout=2")
     st, cfg = check_stage2_basics(ctx, r, sd)
-    ctx.check(st["outcome"] == "fallback", f"outcome {st['outcome']}")
-    ctx.check(st["reason"] and "no data disk" in st["reason"], f"reason {st['reason']!r}")
-    ctx.check(st["store"] == "factory", f"store {st['store']}")
-    ctx.check(r.mount_at("/persist") is None, "/persist is mounted")
-    ctx.check(r.mount_at("/nix") is None, "/nix is a mount of its own")
+    check_no_disk_fallback(ctx, st, r)
     ctx.check(r.marker_write_failed, "the factory /nix was writable")
     ctx.check(sd.units.get("nix-daemon.socket", ("?",))[0] == "inactive",
               f"nix-daemon.socket on a read-only store: {sd.units.get('nix-daemon.socket')}")
