@@ -153,7 +153,7 @@ demo: $(BUILD)/factory-init.static
 	python3 qemu-tests/demo.py
 
 bench: $(BUILD)/factory-init.static $(BUILD)/factory-init
-	python3 qemu-tests/bench.py
+	python3 qemu-tests/bench.py --kernel bookworm --kernel trixie --kernel forky
 	python3 qemu-tests/bench-store.py
 
 format:

@@ -9,8 +9,8 @@ factory-init does /persist, /nix and the config, systemd switches root into fact
 carries its modules), whatever run.py's --kernel says.
 
 sdinitrd-contents, sdinitrd-overlay, sdinitrd-bind, sdinitrd-fallback, sdinitrd-credentials,
-sdinitrd-tpm2, sdinitrd-passphrase, sdinitrd-cryptsetup-split.  Registered after
-scenarios_hostile.
+sdinitrd-tpm2, sdinitrd-tpm2-pin, sdinitrd-passphrase, sdinitrd-cryptsetup-split.  Registered
+after scenarios_hostile and scenarios_systemd262 (sdinitrd-tpm2-pin uses its Argon2id token).
 """
 
 import hashlib
@@ -23,6 +23,7 @@ import harness
 from harness import Disk
 from context import (HERE, RUN_CONFIG, STACK_SH, STATUS, TOP, attempts, check_no_disk_fallback,
                      check_no_secret, enroll_ours, fresh_dir, luks_copy, read_key, scenario)
+from scenarios_systemd262 import PIN, WRONG_PIN, argon2id_image, lockout_of
 
 MKSDINITRD = os.path.join(HERE, "mksdinitrd.sh")
 RENDER_UNIT = os.path.join(TOP, "nixos", "render-unit")
@@ -375,6 +376,43 @@ def sdinitrd_passphrase(ctx):
     ctx.check(attempts(st) == [("passphrase", True)], f"attempts {attempts(st)}")
     check_order(ctx, r)
     check_no_secret(ctx, r, key)
+
+
+@scenario("sdinitrd-tpm2-pin")
+def sdinitrd_tpm2_pin(ctx):
+    """A TPM2 PIN token of systemd 262's systemd-cryptenroll (--tpm2-with-pin=yes: Argon2id of
+    the PIN) in the systemd initrd: the PIN is asked through systemd's ask-password protocol and
+    typed into systemd-tty-ask-password-agent on ttyS0.  A wrong PIN first (one failure the TPM
+    counts, then a second prompt "try 2 of 3" through the agent), then the right one unlocks."""
+    img, state = argon2id_image(ctx)
+    vdb = harness.overlay(img, ctx.path("sdinitrd-tpm2-pin.vdb.qcow2"))
+    before = lockout_of(state)
+    with harness.Swtpm(state) as tpm:
+        r = sd_boot(ctx, "sdinitrd-tpm2-pin", sd_initrd(ctx),
+                    [Disk(ctx.disks.factory), Disk(vdb, "qcow2", snapshot=False)],
+                    "vm.persist.timeout=120 vm.luks.timeout=300", extra_args=tpm.qemu_args,
+                    interact=[(agent_prompt("TPM2 PIN for /dev/vdb \\(try 1 of 3\\)"), "\t"),
+                              ("(no echo)", WRONG_PIN + "\r"),
+                              (agent_prompt("TPM2 PIN for /dev/vdb \\(try 2 of 3\\)"), "\t"),
+                              ("(no echo)", PIN + "\r")])
+    after = lockout_of(state)
+    ctx.diag(f"prompts answered: {len(r.interactions)} of 4; lockout counter {before} -> {after}")
+    ctx.check(len(r.interactions) == 4, "the agent did not show both PIN prompts (try 1, try 2)")
+    ctx.check(any("asking through systemd's password agents: TPM2 PIN for /dev/vdb" in l
+                  for l in r.kmsg), "factory-init did not ask through systemd's agents")
+    st = sd_status(ctx, r)
+    ctx.diag(f"outcome {st['outcome']}, attempts {attempts(st)}, reason {st['reason']!r}")
+    check_persist(ctx, r, st)
+    ctx.check(attempts(st) == [("tpm2", False), ("tpm2", True)], f"attempts {attempts(st)}")
+    ctx.check(after == before + 1, f"lockout counter {before} -> {after} (want one failure)")
+    check_order(ctx, r)
+    check_no_secret(ctx, r, PIN)
+    check_no_secret(ctx, r, WRONG_PIN)
+
+
+def agent_prompt(text):
+    """systemd-tty-ask-password-agent's prompt TEXT (a regex) on the console."""
+    return re.compile(text.encode() + rb"[^\r\n]*press TAB for no echo")
 
 
 #: The prompt of systemd-tty-ask-password-agent on the console (not factory-init's log line that
