@@ -323,35 +323,64 @@ static int copy_file(struct copy *c, const struct entry *e, const char *from, co
 	    open(to, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (out < 0)
 		return -errno;
-	off_t left = e->st.st_size;
+	/*
+	 * A file with fewer blocks than bytes has holes: copy its data segments only
+	 * (SEEK_DATA/SEEK_HOLE) and let the size make the rest, so it stays sparse. Others are one
+	 * segment, with no extra system calls.
+	 */
+	off_t size = e->st.st_size, pos = 0;
+	bool sparse = (off_t)e->st.st_blocks * 512 < size;
 	bool use_cfr = !atomic_load(&c->no_cfr);
-	while (left > 0) {
-		size_t chunk = left > COPY_CHUNK ? COPY_CHUNK : (size_t)left;
-		ssize_t n;
-		if (use_cfr) {
-			n = copy_file_range(in, NULL, out, NULL, chunk, 0);
-			if (n < 0 && (errno == EXDEV || errno == EINVAL || errno == ENOSYS ||
-				      errno == EOPNOTSUPP)) {
-				/* Another file system (the kernel refuses since 5.19): splice. */
-				use_cfr = false;
-				atomic_store(&c->no_cfr, true);
-				continue;
+	while (pos < size) {
+		off_t end = size;
+		if (sparse) {
+			off_t data = lseek(in, pos, SEEK_DATA);
+			if (data < 0 && errno == ENXIO)
+				break; /* a hole to the end */
+			if (data < 0)
+				return -errno;
+			off_t hole = lseek(in, data, SEEK_HOLE);
+			if (hole < 0)
+				return -errno;
+			pos = data;
+			end = hole < size ? hole : size;
+			if (lseek(out, pos, SEEK_SET) < 0)
+				return -errno;
+		}
+		while (pos < end) {
+			size_t chunk = end - pos > COPY_CHUNK ? COPY_CHUNK : (size_t)(end - pos);
+			ssize_t n;
+			if (use_cfr) {
+				off_t ip = pos, op = pos;
+				n = copy_file_range(in, &ip, out, &op, chunk, 0);
+				if (n < 0 && (errno == EXDEV || errno == EINVAL || errno == ENOSYS ||
+					      errno == EOPNOTSUPP)) {
+					/* Another file system (the kernel refuses since 5.19): splice. */
+					use_cfr = false;
+					atomic_store(&c->no_cfr, true);
+					if (lseek(out, pos, SEEK_SET) < 0)
+						return -errno;
+					continue;
+				}
+			} else {
+				off_t ip = pos;
+				n = sendfile(out, in, &ip, chunk);
 			}
-		} else {
-			n = sendfile(out, in, NULL, chunk);
+			if (n < 0) {
+				if (errno == EINTR)
+					continue;
+				return -errno;
+			}
+			if (n == 0)
+				return -EIO; /* the source shrank: it is read-only, so it must not */
+			pos += n;
+			atomic_fetch_add(&c->bytes, (uint64_t)n);
+			if (atomic_load(&c->error))
+				return 0;
 		}
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		if (n == 0)
-			break; /* the source shrank: it is read-only, so this does not happen */
-		left -= n;
-		atomic_fetch_add(&c->bytes, (uint64_t)n);
-		if (atomic_load(&c->error))
-			return 0;
 	}
+	if (sparse && ftruncate(out, size) < 0)
+		return -errno;
 	if (fchown(out, e->st.st_uid, e->st.st_gid) < 0 || fchmod(out, e->st.st_mode & 07777) < 0)
 		return -errno;
 	int r = copy_xattrs_fd(in, out);
@@ -424,7 +453,12 @@ static int walk(struct copy *c, const char *rel, struct seed_stats *st)
 		free_names(names, n);
 		return r;
 	}
-	if (S_ISREG(s.st_mode) && s.st_nlink > 1) {
+	/*
+	 * Any inode with more than one name is made once and linked: regular files, and also the
+	 * symlinks Nix hard-links into .links (it builds with CAN_LINK_SYMLINK on Linux), device
+	 * nodes and fifos.
+	 */
+	if (s.st_nlink > 1) {
 		size_t first;
 		if ((r = link_lookup(c, &s, c->n, &first)) < 0)
 			return r;
