@@ -73,7 +73,7 @@ def main():
     src_mnt, dst_mnt = os.path.join(b, "src"), os.path.join(b, "dst")
 
     # The source tree, once (mkfs.ext4 -d: no mount needed to fill it).
-    stamp = os.path.join(b, f"src.{a.paths}.done")
+    stamp = os.path.join(b, f"src.{a.paths}.v2.done")   # v2: linked symlinks
     if not os.path.exists(stamp):
         tree = os.path.join(b, "tree")
         shutil.rmtree(tree, ignore_errors=True)
@@ -84,6 +84,8 @@ def main():
         subprocess.run(["rm", "-f", src_img], check=True)
         sh("truncate", "-s", str(size * 2 + (256 << 20)), src_img)
         sh("mkfs.ext4", "-q", "-F", "-d", tree, src_img)
+        # The hard links between symlinks that mkfs.ext4 -d drops (a Nix store has them).
+        sh(sys.executable, os.path.join(HERE, "ext4links.py"), src_img, tree)
         subprocess.run(["chmod", "-R", "u+w", tree])
         shutil.rmtree(tree)
         open(stamp, "w").close()

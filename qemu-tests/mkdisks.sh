@@ -126,6 +126,8 @@ HELLO
     mkfs.ext4 -q -F -L factory -U "$FACTORY_UUID" \
         -E "hash_seed=$FACTORY_HASH_SEED,root_owner=0:0" \
         -d "$root" "$tmp/$img"
+    # mkfs.ext4 -d does not keep hard links between symlinks; a Nix store has them.
+    [ $# -eq 0 ] || say "$img: $(python3 "$HERE/ext4links.py" "$tmp/$img" "$root") symlink names re-linked"
     mv "$tmp/$img" "$out/$img"
     chmod -R u+w "$tmp" 2>/dev/null
     rm -rf "$tmp"
@@ -142,7 +144,7 @@ fi
 
 # Bind mode and factory refresh: a store of 40 paths (~2400 files, hard links, 4 large files),
 # and a newer image with 8 more paths.
-h=$(inputs_hash "$HERE/stage2-reporter.sh" "$BUSYBOX" "$HERE/mkstore.py")
+h=$(inputs_hash "$HERE/stage2-reporter.sh" "$BUSYBOX" "$HERE/mkstore.py" "$HERE/ext4links.py")
 for v in "factory-store.img 0" "factory-store2.img 8"; do
     set -- $v
     if fresh "$1" "$h"; then

@@ -7,8 +7,10 @@ What a real /nix holds and a copy must keep: store paths named
 <32 base32 chars>-name-version, read-only directories (0555) and files (0444,
 0555 for programs), every mtime 1 (Nix canonicalises them), symlinks inside and
 across paths, identical files hard-linked through /nix/store/.links (as
-auto-optimise-store does), a few large files, an extended attribute here and
-there, and /nix/var/nix/db.  N paths of about F files each; L large (4 MiB)
+auto-optimise-store does: symlinks too, and a licence and an empty file in every
+path, so some inodes have a name in every path), a few large files, an extended
+attribute here and there, a 255-byte name and a sparse file in the first path,
+and /nix/var/nix/db.  N paths of about F files each; L large (4 MiB)
 files (one each in the first L paths); --extra E adds E more paths (a newer factory image with a superset of
 the store).  The same arguments always give the same tree.
 """
@@ -36,7 +38,10 @@ def content(rng, size, shared):
     return rng.randbytes(size)
 
 
-def make_path(root, links, rng, name, files, large, shared):
+LICENCE = b"Permission is hereby granted, free of charge, to any person obtaining a copy\n" * 12
+
+
+def make_path(root, links, rng, name, files, large, shared, odd=False):
     top = os.path.join(root, "store", name)
     made = []
     for sub in ("bin", "lib", "share/doc"):
@@ -63,8 +68,42 @@ def make_path(root, links, rng, name, files, large, shared):
             f.write(rng.randbytes(4 << 20))
         os.chmod(path, 0o444)
         made.append(path)
-    os.symlink("../lib", os.path.join(top, "bin", "lib-link"))
-    os.symlink(f"/nix/store/{name}/bin/f0000", os.path.join(top, "share", "abs-link"))
+    # Symlinks, hard-linked into .links as nix-store --optimise does on Linux (Nix builds with
+    # CAN_LINK_SYMLINK): "../lib" is the same in every path, so one inode has a name in each.
+    for target, link in (("../lib", "bin/lib-link"),
+                         (f"/nix/store/{name}/bin/f0000", "share/abs-link")):
+        path = os.path.join(top, link)
+        os.symlink(target, path)
+        dot = os.path.join(links, "l" + hashlib.sha256(b"symlink:" + target.encode())
+                           .hexdigest()[:51])
+        if os.path.lexists(dot):
+            os.unlink(path)
+            os.link(dot, path, follow_symlinks=False)
+        else:
+            os.link(path, dot, follow_symlinks=False)
+    # The same licence text and an empty file in every path: one inode each with a name per
+    # path (link counts in the hundreds on a store of hundreds of paths).
+    for rel, data in (("share/doc/COPYING", LICENCE), ("share/doc/.empty", b"")):
+        path = os.path.join(top, rel)
+        dot = os.path.join(links, hashlib.sha256(data).hexdigest()[:52])
+        if os.path.exists(dot):
+            os.link(dot, path)
+        else:
+            with open(path, "wb") as f:
+                f.write(data)
+            os.chmod(path, 0o444)
+            os.link(path, dot)
+    if odd:
+        # A name of 255 bytes (the longest a file system takes), and a sparse file: 1 MiB
+        # with 4 KiB of data in the middle.
+        with open(os.path.join(top, "share", "n" * 255), "wb") as f:
+            f.write(b"long name\n")
+        path = os.path.join(top, "lib", "sparse.img")
+        with open(path, "wb") as f:
+            f.seek(512 << 10)
+            f.write(rng.randbytes(4096))
+            f.truncate(1 << 20)
+        os.chmod(path, 0o444)
     if made:
         # user.* attributes survive mkfs.ext4 -d and must survive the copy too.
         os.setxattr(made[0], "user.factory-test", name[:8].encode())
@@ -102,13 +141,13 @@ def main():
         # The extra paths draw from a separate stream: the first N stay the same.
         prng = random.Random(f"{a.seed}-{name}")
         tops.append(make_path(a.nixdir, links, prng, name, a.files,
-                              1 if i < a.large else 0, shared))
+                              1 if i < a.large else 0, shared, odd=i == 0))
     with open(os.path.join(a.nixdir, "var", "nix", "db", "db.sqlite"), "wb") as f:
         f.write(b"factory test store, %d paths\n" % total)
     for top in tops:
         canonicalise(top)
     for n in os.listdir(links):
-        os.utime(os.path.join(links, n), (1, 1))
+        os.utime(os.path.join(links, n), (1, 1), follow_symlinks=False)
     os.chmod(store, 0o1775)
 
 

@@ -11,7 +11,7 @@
 #   @@SHA256 <hex> <p>      SHA-256 of each of SHA256_PATHS (never their contents)
 #   @@MARKER found <c> | @@MARKER absent
 #   @@MARKER written <c> | @@MARKER write-failed
-#   @@TREE <dir> <all> <data> <paths>  digests of a store (see tree_digest)
+#   @@TREE <dir> <all> <data> <paths> <inodes>  digests of a store (see tree_digest)
 #   @@TYPE <kind> <mode> <uid> <gid> <p>  what each of TYPE_PATHS is, not following links
 #                           (kind: file dir symlink fifo char block socket other)
 #   @@LS <dir> <names>      the entries of /persist, then of /persist/nix
@@ -100,7 +100,8 @@ tree_digest() {
     ( cd "$1" 2>/dev/null || exit 1
       # 1: everything (.links included) with link counts; 2: file contents; 3: the store
       # paths alone (no .links, no link counts, not the store directory itself), which a
-      # refresh must make equal.
+      # refresh must make equal; 4: which names share an inode, for every file type (one
+      # line per inode: its names, sorted).
       { find . -type d -exec stat -c '%n d %a %Y' {} +
         find . ! -type d -exec stat -c '%n %F %h %a %s %Y' {} +
         find . -type l | while IFS= read -r l; do echo "$l -> $(readlink "$l")"; done
@@ -108,7 +109,10 @@ tree_digest() {
       md5sum < /run/.tree | cut -c1-32
       find . -path ./.links -prune -o -type f -exec md5sum {} + 2>/dev/null | sort -k2 |
           md5sum | cut -c1-32
-      grep -v -e '^\./\.links' -e '^\. ' /run/.tree | sed 's/ regular file [0-9]* / regular file /' |
+      grep -v -e '^\./\.links' -e '^\. ' /run/.tree | sed -E 's/ (file|link|fifo|socket) [0-9]+ / \1 /' |
+          md5sum | cut -c1-32
+      find . ! -type d -exec stat -c '%i %n' {} + 2>/dev/null | sort -k2 |
+          awk '{ g[$1] = g[$1] " " $2 } END { for (i in g) print g[i] }' | sort |
           md5sum | cut -c1-32
       rm -f /run/.tree ) | tr '\n' ' '
 }
