@@ -235,8 +235,8 @@ static void publish_end(struct copy *c)
 }
 
 /* Adds a complete entry and publishes it to the copiers (waking them every 64 entries). */
-static int push(struct copy *c, const char *rel, enum kind k, const struct stat *st,
-		size_t link_to, bool kept)
+static int push(struct copy *c, const char *rel, enum kind k, const struct stat *st, size_t link_to,
+		bool kept)
 {
 	size_t b = c->n >> BLOCK_SHIFT;
 	if (b >= MAX_BLOCKS)
@@ -384,9 +384,10 @@ static int copy_file(struct copy *c, const struct entry *e, const char *from, co
 			if (use_cfr) {
 				off_t ip = pos, op = pos;
 				n = copy_file_range(in, &ip, out, &op, chunk, 0);
-				if (n < 0 && (errno == EXDEV || errno == EINVAL || errno == ENOSYS ||
-					      errno == EOPNOTSUPP)) {
-					/* Another file system (the kernel refuses since 5.19): splice. */
+				if (n < 0 && (errno == EXDEV || errno == EINVAL ||
+					      errno == ENOSYS || errno == EOPNOTSUPP)) {
+					/* Another file system (the kernel refuses since 5.19):
+					 * splice. */
 					use_cfr = false;
 					atomic_store(&c->no_cfr, true);
 					if (lseek(out, pos, SEEK_SET) < 0)
@@ -403,7 +404,8 @@ static int copy_file(struct copy *c, const struct entry *e, const char *from, co
 				return -errno;
 			}
 			if (n == 0)
-				return -EIO; /* the source shrank: it is read-only, so it must not */
+				return -EIO; /* the source shrank: it is read-only, so it must not
+					      */
 			pos += n;
 			atomic_fetch_add(&c->bytes, (uint64_t)n);
 			if (atomic_load(&c->error))
@@ -412,7 +414,8 @@ static int copy_file(struct copy *c, const struct entry *e, const char *from, co
 	}
 	/*
 	 * The size of a sparse file comes from ftruncate, not from its data, so it could reach the
-	 * disk before the data does: sync it, or a resume after a power cut would keep it half made.
+	 * disk before the data does: sync it, or a resume after a power cut would keep it half
+	 * made.
 	 */
 	if (sparse && (ftruncate(out, size) < 0 || fdatasync(out) < 0))
 		return -errno;

@@ -197,7 +197,8 @@ static void assert_same_sharing(const char *src, const char *dst)
 				m++;
 			assert_true(m < n_walked);
 			if ((a[k].ino == a[i].ino) != (walked[m].ino == walked[j].ino))
-				fail_msg("%s and %s: inode shared in one tree only", a[k].rel, a[i].rel);
+				fail_msg("%s and %s: inode shared in one tree only", a[k].rel,
+					 a[i].rel);
 		}
 	}
 }
