@@ -72,7 +72,7 @@ static int copy_store_main(int argc, char **argv)
 	}
 	struct seed_stats st;
 	char why[512];
-	int r = seed_copy_tree(argv[1], argv[2], &st, why, sizeof(why));
+	int r = seed_copy_tree(argv[1], argv[2], 0, &st, why, sizeof(why));
 	if (r < 0) {
 		fprintf(stderr, "factory-init: %s\n", why);
 		return 1;

@@ -576,8 +576,8 @@ static void progress(struct copy *c, uint64_t t0, uint64_t total, bool *shown, b
 	*shown = true;
 }
 
-int seed_copy_tree(const char *src, const char *dst, struct seed_stats *st, char *why,
-		   size_t why_len)
+int seed_copy_tree(const char *src, const char *dst, uint64_t room, struct seed_stats *st,
+		   char *why, size_t why_len)
 {
 	struct copy c = {.src = src, .dst = dst};
 	uint64_t t0 = now_ms();
@@ -624,6 +624,17 @@ int seed_copy_tree(const char *src, const char *dst, struct seed_stats *st, char
 			snprintf(why, why_len, "copying %s to %s: %s", src, dst, strerror(-r));
 		else
 			r = 0; /* a copier failed first: its reason is reported below */
+	} else if (room && st->total_bytes > room) {
+		/* Known once the walk is done: the copy cannot fit, do not fill the disk first. */
+		r = -ENOSPC;
+		int expected = 0;
+		if (atomic_compare_exchange_strong(&c.error, &expected, r))
+			snprintf(why, why_len,
+				 "copying %s to %s: %llu MB to copy, and room for at most %llu MB",
+				 src, dst, (unsigned long long)(st->total_bytes / 1000000),
+				 (unsigned long long)(room / 1000000));
+		else
+			r = 0;
 	}
 	publish_end(&c);
 	if (started == 0) {
@@ -783,7 +794,7 @@ static int refresh_bind(const char *factory_nix, const char *nix, struct seed_st
 			}
 			struct seed_stats one;
 			snprintf(from, sizeof(from), "%s/%s", fstore, name);
-			if ((r = seed_copy_tree(from, tmp, &one, why, why_len)) < 0) {
+			if ((r = seed_copy_tree(from, tmp, 0, &one, why, why_len)) < 0) {
 				remove_tree(tmp);
 				goto out;
 			}
@@ -808,6 +819,12 @@ out:
 	free_names(pnames, pn);
 	return r;
 }
+
+/*
+ * Btrfs with compress=zstd (level 3) stores a Nix store in about a third to a half of its bytes;
+ * a copy with more than this many times the free space in bytes cannot fit.
+ */
+#define STORE_RATIO_BOUND 4
 
 /* The record of a bind copy that ran out of space: "IDENTITY FREE-BYTES" in <persist>. */
 #define TOO_SMALL_FILE ".factory-init-bind-too-small"
@@ -894,7 +911,12 @@ int seed_bind_store(const char *factory_nix, const char *persist, const char *id
 		struct stat s;
 		if (lstat(staging, &s) == 0)
 			log_info("resuming the interrupted copy of the factory store");
-		r = seed_copy_tree(factory_nix, staging, st, why, why_len);
+		/* Compressed, the copy takes less room than its bytes: refuse at the end of the
+		 * walk only a copy that could not fit even at STORE_RATIO_BOUND:1. */
+		uint64_t room = free_now > UINT64_MAX / STORE_RATIO_BOUND
+				    ? UINT64_MAX
+				    : free_now * STORE_RATIO_BOUND; /* 0 (not known): no limit */
+		r = seed_copy_tree(factory_nix, staging, room, st, why, why_len);
 		*copied = true;
 		if (r < 0) {
 			if (r == -ENOSPC) {

@@ -46,13 +46,15 @@ int seed_factory_identity(const char *root, char *out, size_t out_len);
 
 /*
  * Copies the tree src into dst (created if missing): regular files (copy_file_range, else
- * sendfile), directories, symlinks, hard links (as links), devices and fifos, with owners, modes,
- * timestamps and extended attributes; two threads copy file data. Entries already in dst with the
- * same type, size and mtime are kept (a resumed copy). Progress goes to the console once the copy
- * has run for a second. Returns 0 or a negative errno (-ENOSPC when the disk filled) with why.
+ * sendfile; sparse files stay sparse), directories, symlinks, hard links of every file type (as
+ * links), devices and fifos, with owners, modes, timestamps and extended attributes; four threads
+ * copy file data while the walk goes on. Entries already in dst with the same type, size and
+ * mtime are kept (a resumed copy). Progress goes to the console once the copy has run for a
+ * second. room (0: no limit): when the walk finds more bytes to copy than that, the copy stops
+ * there with -ENOSPC. Returns 0 or a negative errno (-ENOSPC when the disk filled) with why.
  */
-int seed_copy_tree(const char *src, const char *dst, struct seed_stats *st, char *why,
-		   size_t why_len);
+int seed_copy_tree(const char *src, const char *dst, uint64_t room, struct seed_stats *st,
+		   char *why, size_t why_len);
 
 /*
  * Makes <persist>/nix a complete copy of factory_nix (bind mode): nothing to do when the marker

@@ -11,6 +11,7 @@
 
 #include <cmocka.h>
 
+#include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <stdio.h>
@@ -99,7 +100,7 @@ static void test_copy_tree(void **state)
 
 	struct seed_stats st;
 	char why[256];
-	assert_int_equal(seed_copy_tree(src, dst, &st, why, sizeof(why)), 0);
+	assert_int_equal(seed_copy_tree(src, dst, 0, &st, why, sizeof(why)), 0);
 	assert_int_equal(st.files, 1);
 	assert_int_equal(st.hardlinks, 1);
 	assert_int_equal(st.symlinks, 1);
@@ -128,14 +129,19 @@ static void test_copy_tree(void **state)
 	assert_int_equal(readlink(q, target, sizeof(target) - 1), 5);
 
 	/* Again over the finished copy: everything is kept. */
-	assert_int_equal(seed_copy_tree(src, dst, &st, why, sizeof(why)), 0);
+	assert_int_equal(seed_copy_tree(src, dst, 0, &st, why, sizeof(why)), 0);
 	assert_int_equal(st.kept, 1);
 	assert_int_equal(st.bytes, 0);
+
+	/* More bytes than the room given: -ENOSPC once the walk knows, with the figures. */
+	snprintf(lnk, sizeof(lnk), "%s/dst-small", top);
+	assert_int_equal(seed_copy_tree(src, lnk, 4, &st, why, sizeof(why)), -ENOSPC);
+	assert_non_null(strstr(why, "room for at most"));
 
 	/* A missing source is an error with a reason, not a crash. */
 	snprintf(q, sizeof(q), "%s/none", top);
 	snprintf(lnk, sizeof(lnk), "%s/dst2", top);
-	assert_true(seed_copy_tree(q, lnk, &st, why, sizeof(why)) < 0);
+	assert_true(seed_copy_tree(q, lnk, 0, &st, why, sizeof(why)) < 0);
 	assert_non_null(strstr(why, "none"));
 
 	char cmd[600];
@@ -257,7 +263,7 @@ static void test_copy_nix_shapes(void **state)
 
 	struct seed_stats st;
 	char why[256];
-	assert_int_equal(seed_copy_tree(src, dst, &st, why, sizeof(why)), 0);
+	assert_int_equal(seed_copy_tree(src, dst, 0, &st, why, sizeof(why)), 0);
 	assert_same_sharing(src, dst);
 	assert_int_equal(st.symlinks, 1);
 	assert_int_equal(st.hardlinks, 1 + 299 + 1 + 1);
@@ -292,7 +298,7 @@ static void test_copy_nix_shapes(void **state)
 	close(fd);
 
 	/* Resumed over the finished copy: nothing copied, the sharing still the same. */
-	assert_int_equal(seed_copy_tree(src, dst, &st, why, sizeof(why)), 0);
+	assert_int_equal(seed_copy_tree(src, dst, 0, &st, why, sizeof(why)), 0);
 	assert_int_equal(st.bytes, 0);
 	assert_same_sharing(src, dst);
 
