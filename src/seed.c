@@ -204,6 +204,9 @@ struct copy {
 	atomic_int error;
 	atomic_bool no_cfr; /* copy_file_range refused this pair of file systems: splice */
 	bool fresh;	    /* dst did not exist: nothing to resume, no need to look */
+	bool plain_owner;   /* fresh, and new files get our uid and gid (no setgid dst) */
+	uid_t uid;
+	gid_t gid;
 	char why[256];
 	pthread_mutex_t why_lock;
 	int running; /* workers still copying, under done_lock */
@@ -350,8 +353,15 @@ static int copy_file(struct copy *c, const struct entry *e, const char *from, co
 	/* A fresh inode: never write through a hard link an earlier, interrupted run made. */
 	if (!c->fresh && unlink(to) < 0 && errno != ENOENT)
 		return -errno;
-	_cleanup_close_ int out =
-	    open(to, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+	/*
+	 * A file that would be ours anyway (the common case: root:root, made by root in a fresh
+	 * copy) is created with its mode (the umask is 0 during the copy) and needs no fchown or
+	 * fchmod.
+	 */
+	bool direct = c->plain_owner && e->st.st_uid == c->uid && e->st.st_gid == c->gid &&
+		      (e->st.st_mode & 07000) == 0;
+	_cleanup_close_ int out = open(to, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+				       direct ? e->st.st_mode & 0777 : 0600);
 	if (out < 0)
 		return -errno;
 	/*
@@ -419,7 +429,8 @@ static int copy_file(struct copy *c, const struct entry *e, const char *from, co
 	 */
 	if (sparse && (ftruncate(out, size) < 0 || fdatasync(out) < 0))
 		return -errno;
-	if (fchown(out, e->st.st_uid, e->st.st_gid) < 0 || fchmod(out, e->st.st_mode & 07777) < 0)
+	if (!direct &&
+	    (fchown(out, e->st.st_uid, e->st.st_gid) < 0 || fchmod(out, e->st.st_mode & 07777) < 0))
 		return -errno;
 	int r = copy_xattrs_fd(in, out);
 	if (r < 0)
@@ -481,6 +492,12 @@ static int walk(struct copy *c, const char *rel, struct seed_stats *st)
 			return r;
 		if ((!have || !S_ISDIR(d.st_mode)) && mkdir(to, 0700) < 0 && errno != EEXIST)
 			return -errno;
+		if (!*rel) {
+			/* The top of a fresh copy: without setgid (inherited from its parent), all
+			 * it will hold is created with our uid and gid. */
+			struct stat t;
+			c->plain_owner = c->fresh && lstat(to, &t) == 0 && !(t.st_mode & S_ISGID);
+		}
 		if ((r = push(c, rel, K_DIR, &s, 0, false)) < 0)
 			return r;
 		st->dirs++;
@@ -582,6 +599,8 @@ int seed_copy_tree(const char *src, const char *dst, uint64_t room, struct seed_
 	struct copy c = {.src = src, .dst = dst};
 	uint64_t t0 = now_ms();
 	int r;
+	/* Modes given at creation are the modes: restored on the way out. */
+	mode_t mask = umask(0);
 	memset(st, 0, sizeof(*st));
 	atomic_init(&c.published, 0);
 	atomic_init(&c.walk_done, false);
@@ -617,6 +636,8 @@ int seed_copy_tree(const char *src, const char *dst, uint64_t room, struct seed_
 		}
 	}
 	pthread_mutex_unlock(&c.done_lock);
+	c.uid = geteuid();
+	c.gid = getegid();
 	r = walk(&c, "", st);
 	if (r < 0) {
 		int expected = 0;
@@ -683,7 +704,7 @@ int seed_copy_tree(const char *src, const char *dst, uint64_t room, struct seed_
 		join(to, sizeof(to), dst, e->rel);
 		join(from, sizeof(from), dst, ent(&c, e->link_to)->rel);
 		struct stat a, b;
-		bool exists = lstat(to, &a) == 0;
+		bool exists = !c.fresh && lstat(to, &a) == 0; /* fresh: nothing is there */
 		if (exists && lstat(from, &b) == 0 && a.st_ino == b.st_ino && a.st_dev == b.st_dev)
 			continue;
 		if (exists && remove_tree(to) < 0) {
@@ -727,6 +748,7 @@ out:
 	pthread_cond_destroy(&c.done);
 	pthread_mutex_destroy(&c.pub_lock);
 	pthread_cond_destroy(&c.pub_cond);
+	umask(mask);
 	return r;
 }
 

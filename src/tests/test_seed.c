@@ -248,6 +248,11 @@ static void test_copy_nix_shapes(void **state)
 	assert_int_equal(mkfifo(q, 0644), 0);
 	snprintf(l, sizeof(l), "%s/pkg/fifo2", src);
 	assert_int_equal(link(q, l), 0);
+	/* Not root's: owner and mode (setgid too) still come through. */
+	snprintf(q, sizeof(q), "%s/pkg/users", src);
+	write_file(q, "u\n", 0644);
+	assert_int_equal(chown(q, 1000, 1000), 0);
+	assert_int_equal(chmod(q, 02755), 0);
 	/* Sparse: 1 MiB with 4 KiB of data at 512 KiB. */
 	snprintf(q, sizeof(q), "%s/pkg/sparse", src);
 	int fd = open(q, O_WRONLY | O_CREAT | O_EXCL, 0444);
@@ -279,6 +284,14 @@ static void test_copy_nix_shapes(void **state)
 	char target[64] = "";
 	assert_int_equal(readlink(q, target, sizeof(target) - 1), 18);
 	assert_string_equal(target, "../lib/libfoo.so.1");
+	snprintf(q, sizeof(q), "%s/pkg/users", dst);
+	assert_int_equal(stat(q, &a), 0);
+	assert_int_equal(a.st_uid, 1000);
+	assert_int_equal(a.st_gid, 1000);
+	assert_int_equal(a.st_mode & 07777, 02755);
+	snprintf(q, sizeof(q), "%s/pkg/license-007", dst);
+	assert_int_equal(stat(q, &a), 0);
+	assert_int_equal(a.st_mode & 07777, 0444); /* created with its mode */
 	snprintf(q, sizeof(q), "%s/pkg/%s", dst, longname);
 	assert_int_equal(stat(q, &a), 0);
 	assert_int_equal(a.st_size, 5);
