@@ -1,12 +1,24 @@
 #!/usr/bin/env python3
 """bench-store.py - the bind mode's store copy against rsync -aH, cp -a and a raw copy.
 
-Usage: qemu-tests/bench-store.py [-b BUILD] [--paths N] [--runs R] [--factory-init BIN]
+Usage: qemu-tests/bench-store.py [-b BUILD] [--store real|synthetic] [--cache DIR] [--paths N]
+                                 [--runs R] [--factory-init BIN]
 
-On the host, as root (loop devices, no device-mapper needed): a Nix-store-shaped tree from
-mkstore.py (N store paths of 60 files each, hard links through .links, 4 MiB files in the
-first 20 paths, mtime 1, read-only directories) on an ext4 image, as the factory disk holds
-it, copied onto a fresh Btrfs image mounted with compress=zstd, as /persist is:
+On the host, as root (loop devices, no device-mapper needed): a Nix store on an ext4 image,
+as the factory disk holds it, copied onto a fresh Btrfs image mounted with compress=zstd, as
+/persist is.  The store is
+
+  real (the default)  mkrealstore.py's: about 250 Debian bookworm packages (libraries,
+                      compilers, Python, Perl, Go and Boost sources, docs, man pages, locales,
+                      icon themes), one store path each, canonicalised and optimised as Nix
+                      does (every file and symlink hard-linked through .links): about 1.3 GB
+                      in 112,000 names.  The .debs are downloaded once into --cache DIR
+                      (default ~/.cache/factory-init/debs, apt-get download).
+  synthetic           mkstore.py's: N store paths (--paths, 400) of 60 files each, hard links
+                      through .links, 4 MiB files in the first 20 paths, mtime 1, read-only
+                      directories.
+
+The tools, each copying it:
 
   factory-init copy-store SRC DST    the copy engine of vm.store=bind
   rsync -aHX SRC/ DST/               (-X: xattrs too, which the store copy keeps)
@@ -60,7 +72,9 @@ class Loop:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("-b", "--build", default=os.path.join(TOP, "build", "bench-store"))
-    ap.add_argument("--paths", type=int, default=400)
+    ap.add_argument("--store", choices=("real", "synthetic"), default="real")
+    ap.add_argument("--cache", default=os.path.expanduser("~/.cache/factory-init/debs"))
+    ap.add_argument("--paths", type=int, default=400, help="store paths (synthetic store)")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--factory-init", default=os.path.join(TOP, "build", "factory-init"))
     a = ap.parse_args()
@@ -69,33 +83,50 @@ def main():
         return 2
     b = os.path.abspath(a.build)
     os.makedirs(b, exist_ok=True)
-    src_img, dst_img = os.path.join(b, "src.ext4"), os.path.join(b, "dst.btrfs")
+    # One source image per store, cached.
+    kind = "real" if a.store == "real" else f"synthetic.{a.paths}"
+    src_img, dst_img = os.path.join(b, f"src.{kind}.ext4"), os.path.join(b, "dst.btrfs")
     src_mnt, dst_mnt = os.path.join(b, "src"), os.path.join(b, "dst")
 
-    # The source tree, once (mkfs.ext4 -d: no mount needed to fill it).
-    stamp = os.path.join(b, f"src.{a.paths}.v2.done")   # v2: linked symlinks
+    # The source image, once.
+    stamp = os.path.join(b, f"src.{kind}.v3.done")   # v3: filled by cp -a
     if not os.path.exists(stamp):
         tree = os.path.join(b, "tree")
+        if os.path.exists(tree):
+            subprocess.run(["chmod", "-R", "u+w", tree])
         shutil.rmtree(tree, ignore_errors=True)
         os.makedirs(tree)
-        sh("python3", os.path.join(HERE, "mkstore.py"), os.path.join(tree, "nix"),
-           "--paths", str(a.paths), "--files", "60", "--large", "20")
+        if a.store == "real":
+            out = sh("python3", os.path.join(HERE, "mkrealstore.py"), os.path.join(tree, "nix"),
+                     "--cache", a.cache)
+            print("mkrealstore.py: " + out.strip().splitlines()[-1])
+        else:
+            sh("python3", os.path.join(HERE, "mkstore.py"), os.path.join(tree, "nix"),
+               "--paths", str(a.paths), "--files", "60", "--large", "20")
         size = int(sh("du", "-sb", tree).split()[0])
+        entries = int(sh("sh", "-c", f"find {tree} | wc -l"))
         subprocess.run(["rm", "-f", src_img], check=True)
-        sh("truncate", "-s", str(size * 2 + (256 << 20)), src_img)
-        sh("mkfs.ext4", "-q", "-F", "-d", tree, src_img)
-        # The hard links between symlinks that mkfs.ext4 -d drops (a Nix store has them).
-        sh(sys.executable, os.path.join(HERE, "ext4links.py"), src_img, tree)
+        # Room for the 4 KiB blocks of small files, and inodes for every name (.links ones too).
+        sh("truncate", "-s", str(int(size * 1.3) + (256 << 20)), src_img)
+        sh("mkfs.ext4", "-q", "-F", "-I", "256", "-N", str(int(entries * 1.3) + 10000),
+           src_img)
+        # Filled through a loop mount by cp -a, which keeps every hard link (symlinks' too):
+        # mkfs.ext4 -d takes minutes on a directory as large as .links, and drops the links
+        # between symlinks.
+        with Loop(src_img, src_mnt, "rw"):
+            sh("cp", "-a", os.path.join(tree, "nix"), os.path.join(src_mnt, "nix"))
         subprocess.run(["chmod", "-R", "u+w", tree])
         shutil.rmtree(tree)
         open(stamp, "w").close()
 
     with Loop(src_img, src_mnt, "ro"):
         nix = os.path.join(src_mnt, "nix")
+        paths = len([n for n in os.listdir(os.path.join(nix, "store")) if n != ".links"])
         files = int(sh("sh", "-c", f"find {nix} -type f | wc -l"))
         links = int(sh("sh", "-c", f"find {nix} -type f -links +1 | wc -l"))
         data = int(sh("du", "-sb", "--apparent-size", nix).split()[0])
-    print(f"tree: {a.paths} store paths, {files} file names ({links} with more than one "
+    what = "real store (Debian bookworm packages)" if a.store == "real" else "synthetic store"
+    print(f"tree: {what}, {paths} store paths, {files} file names ({links} with more than one "
           f"link), {data / 1e6:.0f} MB apparent; ext4 -> btrfs compress=zstd (loop images)")
 
     tools = {
@@ -103,9 +134,22 @@ def main():
         "rsync -aHX": lambda s, d: ["rsync", "-aHX", s + "/", d + "/"],
         "cp -a": lambda s, d: ["cp", "-a", s, d],
     }
-    # Round robin (one run of each tool in turn), so that drifts of the host hit all alike.
-    times = {name: [] for name in tools}
-    for _ in range(a.runs):
+    def raw_copy():
+        # The raw bandwidth: the same number of bytes, image to image, through the page cache
+        # and synced, as the copies are.
+        raw = os.path.join(b, "raw.out")
+        drop_caches()
+        t0 = time.monotonic()
+        sh("dd", f"if={src_img}", f"of={raw}", "bs=4M", f"count={data // (4 << 20) + 1}",
+           "conv=fsync", "status=none")
+        t = time.monotonic() - t0
+        os.unlink(raw)
+        return t
+
+    # Round robin (one run of each tool, then dd, in turn), so that drifts of the host hit all
+    # alike; the ratios are also printed per repetition.
+    times = {name: [] for name in list(tools) + ["raw (dd)"]}
+    for rep in range(a.runs):
         for name, cmd in tools.items():
             subprocess.run(["rm", "-f", dst_img], check=True)
             sh("truncate", "-s", str(data * 3 + (512 << 20)), dst_img)
@@ -120,20 +164,12 @@ def main():
                     sh("sync", "-f", dst_mnt)
                 # umount (the final writeback) counts too
                 times[name].append(time.monotonic() - t0)
+        times["raw (dd)"].append(raw_copy())
+        ours = times["factory-init"][-1]
+        print(f"run {rep + 1}/{a.runs}: factory-init {ours:.2f} s; "
+              + ", ".join(f"{n} {t[-1]:.2f} s ({t[-1] / ours:.2f}x)"
+                          for n, t in times.items() if n != "factory-init"), flush=True)
     results = {name: statistics.median(t) for name, t in times.items()}
-
-    # The raw bandwidth: the same number of bytes, image to image, through the page cache
-    # and synced, as the copies are.
-    times = []
-    for _ in range(a.runs):
-        drop_caches()
-        raw = os.path.join(b, "raw.out")
-        t0 = time.monotonic()
-        sh("dd", f"if={src_img}", f"of={raw}", "bs=4M", f"count={data // (4 << 20) + 1}",
-           "conv=fsync", "status=none")
-        times.append(time.monotonic() - t0)
-        os.unlink(raw)
-    results["raw (dd)"] = statistics.median(times)
 
     base = results["factory-init"]
     print(f"{'tool':<14} {'median s':>9} {'MB/s':>7} {'vs factory-init':>16}")
