@@ -6,9 +6,12 @@
 #include "plan.h"
 #include "seed.h"
 #include "stage1.h"
+#include "statusview.h"
+#include "beneath.h"
 #include "util.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <getopt.h>
 #include <json-c/json.h>
@@ -23,6 +26,7 @@ static void usage(FILE *f)
 	      "       factory-init --root=DIR [--cmdline TEXT] [--config FILE]\n"
 	      "       factory-init enroll-tpm2 DEVICE [--pcrs=LIST] [--tpm2-device=SPEC]\n"
 	      "       factory-init tpm2-check DEVICE [TPM2-DEVICE]\n"
+	      "       factory-init status [--json] [FILE]\n"
 	      "\n"
 	      "Stage 1 of a factory VM: finds the data disk, unlocks LUKS2, mounts Btrfs on\n"
 	      "/persist, lays an overlay over /nix, writes the vm.* config for stage 2 and\n"
@@ -42,6 +46,8 @@ static void usage(FILE *f)
 	      "  enroll-tpm2     seal a new key to the TPM2 as a systemd-tpm2 token\n"
 	      "  tpm2-check      can the TPM2 unseal DEVICE's tokens now? (0: yes)\n"
 	      "  copy-store      copy a store tree as vm.store=bind does (SRC DST)\n"
+	      "  status          what stage 1 did this boot (" STATUS_FILE "):\n"
+	      "                  exit 0 persist, 1 fallback, 3 no record\n"
 	      "                  (factory-init enroll-tpm2 --help)\n"
 	      "\n"
 	      "Kernel command line: root= rootfstype= rootflags= ro rw rootwait[=N] init= panic= "
@@ -86,6 +92,55 @@ static int copy_store_main(int argc, char **argv)
 	return 0;
 }
 
+/* factory-init status [--json] [FILE]: the status record, for people (or machines). */
+static int status_main(int argc, char **argv)
+{
+	int json = 0;
+	const char *file = STATUS_FILE;
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--json") == 0) {
+			json = 1;
+		} else if (argv[i][0] != '-' && file == (const char *)STATUS_FILE) {
+			file = argv[i];
+		} else {
+			bool help = strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0;
+			fputs("Usage: factory-init status [--json] [FILE]\n"
+			      "What stage 1 did this boot, from " STATUS_FILE " (or FILE):\n"
+			      "the outcome first, the reason in full, the store, the candidates, "
+			      "the\n"
+			      "unlock attempts, the warnings and each step's time; --json prints "
+			      "the\n"
+			      "record itself. Exit status: 0 persist, 1 fallback (the factory "
+			      "store),\n"
+			      "2 usage, 3 no readable record.\n",
+			      help ? stdout : stderr);
+			return help ? 0 : STATUSVIEW_USAGE;
+		}
+	}
+	/* The record's own directory, then the file beneath it: no links followed, no FIFO. */
+	char dir[PATH_MAX];
+	snprintf(dir, sizeof(dir), "%s", file);
+	char *slash = strrchr(dir, '/');
+	const char *name = file;
+	if (slash) {
+		*slash = '\0';
+		name = file + (slash - dir) + 1;
+		if (!*dir)
+			snprintf(dir, sizeof(dir), "/");
+	} else {
+		snprintf(dir, sizeof(dir), ".");
+	}
+	_cleanup_close_ int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	_cleanup_free_ char *text = NULL;
+	size_t len = 0;
+	int r = dfd < 0 ? -errno : beneath_read(dfd, name, 1 << 20, &text, &len);
+	if (r < 0) {
+		fprintf(stderr, "factory-init status: cannot read %s: %s\n", file, strerror(-r));
+		return STATUSVIEW_BAD;
+	}
+	return statusview_print(text, len, json, stdout, stderr);
+}
+
 int main(int argc, char **argv)
 {
 	if (getpid() == 1)
@@ -96,6 +151,8 @@ int main(int argc, char **argv)
 		return tpm2_check_main(argc - 1, argv + 1);
 	if (argc > 1 && strcmp(argv[1], "copy-store") == 0)
 		return copy_store_main(argc - 1, argv + 1);
+	if (argc > 1 && strcmp(argv[1], "status") == 0)
+		return status_main(argc - 1, argv + 1);
 
 	enum { OPT_VERSION = 256, OPT_CMDLINE, OPT_CONFIG, OPT_PLAN, OPT_ROOT, OPT_KMODDIR };
 	static const struct option opts[] = {

@@ -56,5 +56,33 @@ truncate -s 1M "$tmp/plain.img"
 check "enroll-tpm2 on a non-LUKS image exits 1" test $? -eq 1
 check "enroll-tpm2 warns about an empty PCR list" grep -q 'WARNING: enrolling with no PCRs' "$tmp/eout2"
 
+# status: the human view, the exit code by outcome, and what is not a record.
+printf '{"outcome":"fallback","mode":"helper","reason":"no data disk","store":"off","steps":[]}' \
+    >"$tmp/st-fallback.json"
+"$bin" status "$tmp/st-fallback.json" >"$tmp/sout" 2>&1
+check "status of a fallback exits 1" test $? -eq 1
+check "status says the outcome first" sh -c 'head -1 "$1" | grep -q "^outcome *fallback"' _ "$tmp/sout"
+check "status gives the reason" grep -q '^reason *no data disk$' "$tmp/sout"
+printf '{"outcome":"persist","device":"/dev/vdb","fstype":"btrfs","store":"bind"}' \
+    >"$tmp/st-persist.json"
+"$bin" status --json "$tmp/st-persist.json" >"$tmp/sout2" 2>&1
+check "status --json of persist exits 0" test $? -eq 0
+check "status --json prints the record" python3 -c '
+import json, sys
+assert json.load(open(sys.argv[1]))["store"] == "bind"' "$tmp/sout2"
+"$bin" status "$tmp/none.json" >/dev/null 2>&1
+check "status without a record exits 3" test $? -eq 3
+ln -s "$tmp/st-persist.json" "$tmp/st-link.json"
+"$bin" status "$tmp/st-link.json" >/dev/null 2>&1
+check "status does not follow a symlink (exit 3)" test $? -eq 3
+mkfifo "$tmp/st-fifo.json"
+timeout 10 "$bin" status "$tmp/st-fifo.json" >/dev/null 2>&1
+check "status refuses a FIFO without blocking (exit 3)" test $? -eq 3
+printf 'not json' >"$tmp/st-bad.json"
+"$bin" status "$tmp/st-bad.json" >/dev/null 2>&1
+check "status of garbage exits 3" test $? -eq 3
+"$bin" status --bogus >/dev/null 2>&1
+check "status with a bad option exits 2" test $? -eq 2
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
