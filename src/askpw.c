@@ -4,6 +4,7 @@
 #include "askpw.h"
 #include "log.h"
 #include "passphrase.h"
+#include "util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -36,7 +37,7 @@ static void one_line(char *dst, size_t size, const char *s)
 {
 	snprintf(dst, size, "%s", s);
 	for (char *p = dst; *p; p++)
-		if ((unsigned char)*p < 0x20 || *p == 0x7f)
+		if (is_control_char(*p))
 			*p = '?';
 }
 

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #include "statusview.h"
+#include "util.h"
 
 #include <json-c/json.h>
 #include <string.h>
@@ -42,7 +43,7 @@ static void put(FILE *out, const char *s)
 		return;
 	}
 	for (; *s; s++)
-		fputc((unsigned char)*s < 0x20 || *s == 0x7f ? '?' : *s, out);
+		fputc(is_control_char(*s) ? '?' : *s, out);
 }
 
 /* PREFIX, V and SUFFIX when V is there; nothing otherwise. */

@@ -57,10 +57,15 @@ bool str_has_prefix(const char *s, const char *prefix)
 	return strncmp(s, prefix, strlen(prefix)) == 0;
 }
 
+bool is_control_char(char c)
+{
+	return (unsigned char)c < 0x20 || c == 0x7f;
+}
+
 bool has_control_chars(const char *s)
 {
 	for (; *s; s++)
-		if ((unsigned char)*s < 0x20 || *s == 0x7f)
+		if (is_control_char(*s))
 			return true;
 	return false;
 }

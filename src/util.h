@@ -51,7 +51,9 @@ int hex_digit_value(char c);
 ssize_t hex_decode(const char *s, size_t len, uint8_t *out, size_t cap);
 /* n bytes as 2n lower-case hex digits and a NUL. */
 void hex_encode(const uint8_t *in, size_t n, char *out);
-/* True when s contains a byte < 0x20 or 0x7f. */
+/* True for a control character: a byte < 0x20 or 0x7f. */
+bool is_control_char(char c);
+/* True when s contains a control character. */
 bool has_control_chars(const char *s);
 
 /* Wipes the string s (up to its NUL) and frees it; NULL is fine. For copies of the command
