@@ -188,25 +188,32 @@ int write_file_atomic_at(int dirfd, const char *name, const void *data, size_t l
 	return fsync(dirfd) < 0 ? -errno : 0;
 }
 
-int write_file_atomic(const char *path, const void *data, size_t len, unsigned mode)
+int open_parent(const char *path, const char **name)
 {
 	char dir[PATH_MAX];
 	if (strscpy(dir, path, sizeof(dir)) < 0)
 		return -ENAMETOOLONG;
-	const char *name = path;
+	*name = path;
 	char *slash = strrchr(dir, '/');
 	if (!slash) {
 		strcpy(dir, ".");
 	} else {
-		name = path + (slash - dir) + 1;
+		*name = path + (slash - dir) + 1;
 		if (slash == dir)
 			dir[1] = '\0';
 		else
 			*slash = '\0';
 	}
-	_cleanup_close_ int dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	return fd < 0 ? -errno : fd;
+}
+
+int write_file_atomic(const char *path, const void *data, size_t len, unsigned mode)
+{
+	const char *name;
+	_cleanup_close_ int dir_fd = open_parent(path, &name);
 	if (dir_fd < 0)
-		return -errno;
+		return dir_fd;
 	return write_file_atomic_at(dir_fd, name, data, len, mode);
 }
 

@@ -11,7 +11,6 @@
 #include "util.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <getopt.h>
 #include <json-c/json.h>
@@ -118,22 +117,11 @@ static int status_main(int argc, char **argv)
 		}
 	}
 	/* The record's own directory, then the file beneath it: no links followed, no FIFO. */
-	char dir[PATH_MAX];
-	snprintf(dir, sizeof(dir), "%s", file);
-	char *slash = strrchr(dir, '/');
-	const char *name = file;
-	if (slash) {
-		*slash = '\0';
-		name = file + (slash - dir) + 1;
-		if (!*dir)
-			snprintf(dir, sizeof(dir), "/");
-	} else {
-		snprintf(dir, sizeof(dir), ".");
-	}
-	_cleanup_close_ int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	const char *name;
+	_cleanup_close_ int dfd = open_parent(file, &name);
 	_cleanup_free_ char *text = NULL;
 	size_t len = 0;
-	int r = dfd < 0 ? -errno : beneath_read(dfd, name, 1 << 20, &text, &len);
+	int r = dfd < 0 ? dfd : beneath_read(dfd, name, 1 << 20, &text, &len);
 	if (r < 0) {
 		fprintf(stderr, "factory-init status: cannot read %s: %s\n", file, strerror(-r));
 		return STATUSVIEW_BAD;

@@ -76,6 +76,9 @@ int fsync_dir(const char *path);
 int write_file_atomic_at(int dirfd, const char *name, const void *data, size_t len, unsigned mode);
 /* write_file_atomic_at in the directory of path. */
 int write_file_atomic(const char *path, const void *data, size_t len, unsigned mode);
+/* Opens the directory that holds path ("." when it has no '/') and points *name at its last
+ * component; returns the fd or a negative errno. */
+int open_parent(const char *path, const char **name);
 /* mkdir -p with the given mode for missing components. */
 int make_dirs(const char *path, unsigned mode);
 
