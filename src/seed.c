@@ -625,6 +625,8 @@ int seed_copy_tree(const char *src, const char *dst, uint64_t room, struct seed_
 	 * The copiers start first and copy each file as soon as the walk has made its directory
 	 * and published it: the walk's metadata reads overlap the copiers' data reads and writes.
 	 */
+	c.uid = geteuid();
+	c.gid = getegid();
 	pthread_t th[COPY_THREADS];
 	int started = 0;
 	pthread_mutex_lock(&c.done_lock);
@@ -636,27 +638,22 @@ int seed_copy_tree(const char *src, const char *dst, uint64_t room, struct seed_
 		}
 	}
 	pthread_mutex_unlock(&c.done_lock);
-	c.uid = geteuid();
-	c.gid = getegid();
 	r = walk(&c, "", st);
-	if (r < 0) {
-		int expected = 0;
-		if (atomic_compare_exchange_strong(&c.error, &expected, r))
-			snprintf(why, why_len, "copying %s to %s: %s", src, dst, strerror(-r));
-		else
-			r = 0; /* a copier failed first: its reason is reported below */
-	} else if (room && st->total_bytes > room) {
+	char failed[160] = "";
+	if (r < 0)
+		snprintf(failed, sizeof(failed), "%s", strerror(-r));
+	else if (room && st->total_bytes > room) {
 		/* Known once the walk is done: the copy cannot fit, do not fill the disk first. */
 		r = -ENOSPC;
-		int expected = 0;
-		if (atomic_compare_exchange_strong(&c.error, &expected, r))
-			snprintf(why, why_len,
-				 "copying %s to %s: %llu MB to copy, and room for at most %llu MB",
-				 src, dst, (unsigned long long)(st->total_bytes / 1000000),
-				 (unsigned long long)(room / 1000000));
-		else
-			r = 0;
+		snprintf(failed, sizeof(failed), "%llu MB to copy, and room for at most %llu MB",
+			 (unsigned long long)(st->total_bytes / 1000000),
+			 (unsigned long long)(room / 1000000));
 	}
+	int expected = 0;
+	if (r < 0 && atomic_compare_exchange_strong(&c.error, &expected, r))
+		snprintf(why, why_len, "copying %s to %s: %s", src, dst, failed);
+	else
+		r = 0; /* no failure, or a copier failed first: its reason is reported below */
 	publish_end(&c);
 	if (started == 0) {
 		c.running = 1;
