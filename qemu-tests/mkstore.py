@@ -41,6 +41,23 @@ def content(rng, size, shared):
 LICENCE = b"Permission is hereby granted, free of charge, to any person obtaining a copy\n" * 12
 
 
+def write_file(path, data, mode):
+    with open(path, "wb") as f:
+        f.write(data)
+    os.chmod(path, mode)
+
+
+def linked_file(links, path, data, mode):
+    """PATH holding DATA as one inode with LINKS/<sha256 of DATA>: made (with MODE) by the first
+    path with these bytes, linked by the others, as auto-optimise-store does."""
+    dot = os.path.join(links, hashlib.sha256(data).hexdigest()[:52])
+    if os.path.exists(dot):
+        os.link(dot, path)
+    else:
+        write_file(path, data, mode)
+        os.link(path, dot)
+
+
 def make_path(root, links, rng, name, files, large, shared, odd=False):
     top = os.path.join(root, "store", name)
     made = []
@@ -51,16 +68,11 @@ def make_path(root, links, rng, name, files, large, shared, odd=False):
         size = rng.choice([64, 300, 1200, 4000, 9000, 20000, 70000])
         data = content(rng, size, shared)
         path = os.path.join(top, sub, f"f{j:04d}")
-        digest = hashlib.sha256(data).hexdigest()[:52]
-        link = os.path.join(links, digest)
-        if data in shared and os.path.exists(link):
-            os.link(link, path)
+        mode = 0o555 if sub == "bin" else 0o444
+        if data in shared:
+            linked_file(links, path, data, mode)
         else:
-            with open(path, "wb") as f:
-                f.write(data)
-            os.chmod(path, 0o555 if sub == "bin" else 0o444)
-            if data in shared:
-                os.link(path, link)
+            write_file(path, data, mode)
         made.append(path)
     for j in range(large):
         path = os.path.join(top, "lib", f"large{j}.so")
@@ -84,15 +96,7 @@ def make_path(root, links, rng, name, files, large, shared, odd=False):
     # The same licence text and an empty file in every path: one inode each with a name per
     # path (link counts in the hundreds on a store of hundreds of paths).
     for rel, data in (("share/doc/COPYING", LICENCE), ("share/doc/.empty", b"")):
-        path = os.path.join(top, rel)
-        dot = os.path.join(links, hashlib.sha256(data).hexdigest()[:52])
-        if os.path.exists(dot):
-            os.link(dot, path)
-        else:
-            with open(path, "wb") as f:
-                f.write(data)
-            os.chmod(path, 0o444)
-            os.link(path, dot)
+        linked_file(links, os.path.join(top, rel), data, 0o444)
     if odd:
         # A name of 255 bytes (the longest a file system takes), and a sparse file: 1 MiB
         # with 4 KiB of data in the middle.

@@ -378,6 +378,11 @@ def sdinitrd_passphrase(ctx):
     check_no_secret(ctx, r, key)
 
 
+def agent_prompt(text):
+    """systemd-tty-ask-password-agent's prompt TEXT (a regex) on the console."""
+    return re.compile(text.encode() + rb"[^\r\n]*press TAB for no echo")
+
+
 @scenario("sdinitrd-tpm2-pin")
 def sdinitrd_tpm2_pin(ctx):
     """A TPM2 PIN token of systemd 262's systemd-cryptenroll (--tpm2-with-pin=yes: Argon2id of
@@ -410,14 +415,9 @@ def sdinitrd_tpm2_pin(ctx):
     check_no_secret(ctx, r, WRONG_PIN)
 
 
-def agent_prompt(text):
-    """systemd-tty-ask-password-agent's prompt TEXT (a regex) on the console."""
-    return re.compile(text.encode() + rb"[^\r\n]*press TAB for no echo")
-
-
 #: The prompt of systemd-tty-ask-password-agent on the console (not factory-init's log line that
 #: announces it: typed before the agent holds the terminal, the tty would echo the passphrase).
-AGENT_PROMPT = re.compile(rb"Passphrase for[^\r\n]*press TAB for no echo")
+AGENT_PROMPT = agent_prompt("Passphrase for")
 
 SPLIT_DROPIN = """[Unit]
 After=systemd-cryptsetup@persist.service
