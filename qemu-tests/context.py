@@ -217,6 +217,8 @@ FI_APPEND = "console=ttyS0 panic=-1 quiet root=/dev/vda"
 STATUS = "/run/factory-init/status.json"
 RUN_CONFIG = "/run/vm-config.json"
 PERSIST_CONFIG = "/persist/config.json"
+METRICS = "/run/factory-init/metrics/factory-init.prom"
+NETWORK_FILE = "/run/systemd/network/10-factory-init-static.network"
 
 
 def fi_modules():
@@ -249,6 +251,47 @@ def status_of(ctx, r):
     ctx.require(r.stage2, "stage 2 never started")
     ctx.require(STATUS in r.files, f"{STATUS} not reported")
     return r.json(STATUS)
+
+
+def promtool():
+    """Debian's promtool (package prometheus): the host's, else unpacked once into the cache
+    (apt-get download and dpkg-deb -x: installing the package would start a Prometheus)."""
+    import shutil
+    found = shutil.which("promtool")
+    if found:
+        return found
+    cache = os.environ.get("FACTORY_INIT_CACHE") or os.path.expanduser("~/.cache/factory-init")
+    exe = os.path.join(cache, "promtool", "usr", "bin", "promtool")
+    if not os.path.exists(exe):
+        os.makedirs(cache, exist_ok=True)
+        tmp = subprocess.run(["mktemp", "-d", os.path.join(cache, ".promtool.XXXXXX")],
+                             check=True, capture_output=True, text=True).stdout.strip()
+        subprocess.run(["apt-get", "download", "-q", "prometheus"], cwd=tmp, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deb = [f for f in os.listdir(tmp) if f.endswith(".deb")][0]
+        subprocess.run(["dpkg-deb", "-x", os.path.join(tmp, deb), os.path.join(tmp, "x")],
+                       check=True)
+        subprocess.run(["rm", "-rf", os.path.join(cache, "promtool")], check=True)
+        os.rename(os.path.join(tmp, "x"), os.path.join(cache, "promtool"))
+        subprocess.run(["rm", "-rf", tmp], check=True)
+    return exe
+
+
+def check_metrics(ctx, r):
+    """The metrics file the guest wrote passes `promtool check metrics` (format and lint);
+    returns its samples as {"name{labels}": value}."""
+    ctx.require(METRICS in r.files, f"{METRICS} not reported")
+    text = r.files[METRICS] + "\n"
+    p = subprocess.run([promtool(), "check", "metrics"], input=text, text=True,
+                       capture_output=True)
+    ctx.check(p.returncode == 0, f"promtool check metrics: {p.stdout}{p.stderr}")
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            ctx.check(key not in samples, f"sample twice: {key}")
+            samples[key] = float(value)
+    return samples
 
 
 def check_no_secret(ctx, r, secret):

@@ -11,9 +11,9 @@ import subprocess
 
 import harness
 from harness import Disk
-from context import (FACTORY_INIT, FI_APPEND, PERSIST_CONFIG, PLAIN, RUN_CONFIG, check_fi_logged,
-                     check_no_disk_fallback, check_no_secret, fi_initrd, fi_modules, read_key,
-                     same_disk, scenario, status_of)
+from context import (FACTORY_INIT, FI_APPEND, NETWORK_FILE, PERSIST_CONFIG, PLAIN, RUN_CONFIG,
+                     check_fi_logged, check_metrics, check_no_disk_fallback, check_no_secret,
+                     fi_initrd, fi_modules, read_key, same_disk, scenario, status_of)
 
 
 @scenario("floor")
@@ -101,6 +101,65 @@ def no_data_disk(ctx):
     ctx.check(RUN_CONFIG in r.files, f"{RUN_CONFIG} missing in fallback")
     ctx.check(PERSIST_CONFIG in r.nofiles, f"{PERSIST_CONFIG} exists")
     check_fi_logged(ctx, r, "booting on the factory store: no data disk")
+
+
+@scenario("network-metrics")
+def network_metrics(ctx):
+    """vm.network_static in the kernel's ip= syntax becomes stage 2's networkd file (and the
+    host name); the metrics file passes promtool on a persist boot and on a fallback, where a
+    malformed vm.network_static is named and no file is written (DHCP stays)."""
+    d = ctx.disks
+    key = read_key(ctx)
+    initrd = fi_initrd(ctx, "fi-plain")
+    vdb = harness.overlay(d.luks, ctx.path("network-metrics.vdb.qcow2"))
+    r1 = ctx.boot("network-metrics-1", initrd, [Disk(d.factory), Disk(vdb, "qcow2")],
+                  f"{FI_APPEND} vm.luks.key={key} "
+                  "vm.network_static=10.0.2.50::10.0.2.2:255.255.255.0:web-7:eth0:none:10.0.2.3")
+    st = status_of(ctx, r1)
+    ctx.check(st["outcome"] == "persist", f"outcome {st['outcome']}: {st['reason']}")
+    net = st.get("network_static") or {}
+    ctx.check(net.get("address") == "10.0.2.50/24" and net.get("gateway") == "10.0.2.2"
+              and net.get("dns") == ["10.0.2.3"] and net.get("interface") == "eth0"
+              and net.get("syntax") == "ip=" and net.get("written") is True,
+              f"status network_static {net}")
+    ctx.require(NETWORK_FILE in r1.files, f"{NETWORK_FILE} not written")
+    lines = [x for x in r1.files[NETWORK_FILE].splitlines() if x and not x.startswith("#")]
+    want = ["[Match]", "Name=eth0", "[Network]", "Address=10.0.2.50/24", "Gateway=10.0.2.2",
+            "DNS=10.0.2.3", "DHCP=no"]
+    ctx.check(lines == want, f"{NETWORK_FILE}: {lines}")
+    ctx.check(r1.json(RUN_CONFIG).get("hostname") == "web-7",
+              f"the ip= host name field did not become the host name: {r1.json(RUN_CONFIG)}")
+    check_fi_logged(ctx, r1, "static network for stage 2: 10.0.2.50/24,10.0.2.2,10.0.2.3,eth0")
+    m = check_metrics(ctx, r1)
+    for k, v in {"factory_init_persist": 1, 'factory_init_reason{code="none"}': 1,
+                 'factory_init_unlock_method{method="cmdline-key"}': 1,
+                 'factory_init_store_mode{mode="overlay"}': 1,
+                 "factory_init_network_static": 1, "factory_init_key_on_cmdline": 1}.items():
+        ctx.check(m.get(k) == v, f"metric {k} = {m.get(k)}, not {v}")
+    steps = {s["name"]: 0 for s in st["steps"]}
+    for s in st["steps"]:
+        steps[s["name"]] += s["ms"]
+    for name, ms in steps.items():
+        got = m.get(f'factory_init_step_duration_seconds{{step="{name}"}}')
+        ctx.check(got is not None and abs(got - ms / 1000) < 0.0015,
+                  f"step {name}: {got} s in the metrics, {ms} ms in the status")
+    check_no_secret(ctx, r1, key)
+
+    r2 = ctx.boot("network-metrics-2", initrd, [Disk(d.factory)],
+                  f"{FI_APPEND} vm.persist.timeout=1 vm.network_static=10.0.2.50/24,10.0.3.1")
+    st = status_of(ctx, r2)
+    check_no_disk_fallback(ctx, st, r2)
+    ctx.check(st.get("network_static") is None, f"network_static {st.get('network_static')}")
+    ctx.check(NETWORK_FILE in r2.nofiles, f"{NETWORK_FILE} written for a malformed value")
+    ctx.check(any("vm.network_static" in w and "not inside the address's subnet" in w
+                  for w in st["warnings"]), f"no warning for vm.network_static: {st['warnings']}")
+    ctx.check("network_static" not in r2.json(RUN_CONFIG), f"config {r2.json(RUN_CONFIG)}")
+    m = check_metrics(ctx, r2)
+    for k, v in {"factory_init_persist": 0, 'factory_init_reason{code="no-disk"}': 1,
+                 'factory_init_unlock_method{method="none"}': 1,
+                 'factory_init_store_mode{mode="factory"}': 1,
+                 "factory_init_network_static": 0}.items():
+        ctx.check(m.get(k) == v, f"metric {k} = {m.get(k)}, not {v}")
 
 
 @scenario("wrong-key")

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #define _GNU_SOURCE
 #include "config.h"
+#include "network.h"
 #include "util.h"
 
 #include <ctype.h>
@@ -235,10 +236,17 @@ static int check_opened(const char *v, char *why, size_t why_len)
 	return 0;
 }
 
+static int check_network(const char *v, char *why, size_t why_len)
+{
+	struct net_static n;
+	return network_static_parse(v, &n, why, why_len);
+}
+
 static const struct vm_key known_keys[] = {
     {"hostname", VM_KEY_CONFIG, check_hostname},
     {"repo", VM_KEY_CONFIG, check_repo},
     {"branch", VM_KEY_CONFIG, check_branch},
+    {"network_static", VM_KEY_CONFIG, check_network},
     {"persist", VM_KEY_CONTROL, check_device},
     {"persist.timeout", VM_KEY_CONTROL, check_timeout},
     {"persist.options", VM_KEY_CONTROL, check_mount_options},

@@ -60,6 +60,9 @@ static void usage(FILE *f)
 	      "  vm.luks.tries=N (3)  vm.luks.timeout=SECONDS (60)  vm.luks.tpm2.timeout=S (2)\n"
 	      "  systemd.set_credential=NAME:VALUE (also SMBIOS type 11 and fw_cfg credentials)\n"
 	      "  vm.hostname= vm.repo= vm.branch= and any other vm.* key: config for stage 2\n"
+	      "  vm.network_static=ADDR/PREFIX[,GW[,DNS...][,IFACE]] or the kernel's ip= syntax:\n"
+	      "    stage 2's address (/run/systemd/network/10-factory-init-static.network)\n"
+	      "Records: /run/factory-init/status.json, plan.json, metrics/factory-init.prom\n"
 	      "See factory-init(8) and README.md for the details.\n",
 	      f);
 }

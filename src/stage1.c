@@ -9,8 +9,10 @@
 #include "credentials.h"
 #include "devices.h"
 #include "log.h"
+#include "metrics.h"
 #include "modules.h"
 #include "mounts.h"
+#include "network.h"
 #include "beneath.h"
 #include "persist.h"
 #include "plan.h"
@@ -65,7 +67,7 @@ static int mount_persist(const struct plan *p, struct status *st, const char *fs
 	status_step(st, "mount", now_ms() - t, r);
 	if (r < 0) {
 		log_err("%s", why);
-		status_reason(st, "%s", why);
+		status_reason(st, STATUS_REASON_MOUNT, "%s", why);
 	}
 	return r;
 }
@@ -104,7 +106,7 @@ static void refused_reason(struct status *st, const struct persist_candidates *c
 	for (size_t i = 0, o = 0; i < cands->n && o < sizeof(all); i++)
 		o += (size_t)snprintf(all + o, sizeof(all) - o, "%s%s %s", i ? "; " : "",
 				      cands->c[i].dev.devname, cands->c[i].detail);
-	status_reason(st, "%s", all);
+	status_reason(st, STATUS_REASON_REFUSED, "%s", all);
 }
 
 /*
@@ -176,7 +178,7 @@ static int open_candidates(const struct plan *p, struct status *st,
 		if (cands->c[i].verdict == CAND_TRY)
 			cands->c[i].verdict = CAND_SKIPPED;
 	if (won >= 0) {
-		st->reason[0] = '\0';
+		st->reason[0] = st->reason_code[0] = '\0';
 		return won;
 	}
 	if (!mount_failed) {
@@ -198,13 +200,55 @@ static int open_candidates(const struct plan *p, struct status *st,
 			if (!o)
 				unlock_reason(p, st, devices, false, reason, sizeof(reason));
 		}
-		status_reason(st, "%s", reason);
+		status_reason(st, tried ? STATUS_REASON_UNLOCK : STATUS_REASON_NO_KEY, "%s",
+			      reason);
 	}
 	return r < 0 ? r : -EIO;
 }
 
-/* Merges the config layers and writes /persist/config.json and /run/vm-config.json. */
-/* Merges the config layers; persist_fd is /persist when it is mounted, else -1. */
+/*
+ * vm.network_static in the merged config: the networkd file for stage 2, and the host name its
+ * ip= form names where vm.hostname is not set (as the kernel's ip= sets it).
+ */
+static void network_step(struct status *st, struct json_object *merged)
+{
+	struct json_object *v;
+	if (!json_object_object_get_ex(merged, "network_static", &v))
+		return;
+	char why[256], text[2048], shown[256];
+	/* Every layer's value was checked as it was read: this cannot fail, but say so if it does.
+	 */
+	if (network_static_parse(json_object_get_string(v), &st->network, why, sizeof(why)) < 0) {
+		log_err("vm.network_static %s; not used", why);
+		return;
+	}
+	st->network_static = true;
+	if (*st->network.hostname && !json_object_object_get_ex(merged, "hostname", NULL))
+		json_object_object_add(merged, "hostname",
+				       json_object_new_string(st->network.hostname));
+	int r = network_render_networkd(&st->network, text, sizeof(text));
+	if (r >= 0)
+		r = make_dirs(NETWORK_FILE_DIR, 0755);
+	if (r >= 0)
+		r = write_file_atomic(NETWORK_FILE_DIR "/" NETWORK_FILE_NAME, text, strlen(text),
+				      0644);
+	st->network_result = r < 0 ? r : 0;
+	network_static_format(&st->network, shown, sizeof(shown));
+	if (r < 0) {
+		snprintf(why, sizeof(why),
+			 "cannot write " NETWORK_FILE_DIR "/" NETWORK_FILE_NAME
+			 " (vm.network_static): %s; stage 2 keeps its default network",
+			 strerror(-r));
+		warn_both(st, why);
+	} else {
+		log_info("static network for stage 2: %s (" NETWORK_FILE_DIR "/" NETWORK_FILE_NAME
+			 ")",
+			 shown);
+	}
+}
+
+/* Merges the config layers and writes /persist/config.json and /run/vm-config.json; persist_fd
+ * is /persist when it is mounted, else -1. */
 static int config_step(const struct plan *p, struct status *st, int persist_fd,
 		       const struct credentials *creds)
 {
@@ -252,6 +296,7 @@ static int config_step(const struct plan *p, struct status *st, int persist_fd,
 	json_object_put(from_creds);
 	if (!merged)
 		return -ENOMEM;
+	network_step(st, merged);
 	_cleanup_free_ char *text = config_to_string(merged);
 	json_object_put(merged);
 	if (!text)
@@ -310,7 +355,8 @@ static bool bind_store(struct status *st, const char *nix_dir, const char *persi
 		status_step(st, "store", now_ms() - t, r);
 	}
 	if (r < 0) {
-		status_reason(st, "/nix is not the bound copy of the store: %s", why);
+		status_reason(st, STATUS_REASON_STORE,
+			      "/nix is not the bound copy of the store: %s", why);
 		log_err("bind store not possible: %s; trying the overlay", why);
 		return false;
 	}
@@ -343,7 +389,7 @@ static void store_step(const struct plan *p, struct status *st, const char *root
 	int r = mount_store_overlay(nix_dir, persist_dir, why, sizeof(why));
 	status_step(st, "store", now_ms() - t, r);
 	if (r < 0) {
-		status_reason(st, "/nix stays the factory store: %s", why);
+		status_reason(st, STATUS_REASON_STORE, "/nix stays the factory store: %s", why);
 		log_err("/nix stays the factory store: %s", why);
 	} else {
 		strcpy(st->store, "overlay");
@@ -414,7 +460,7 @@ static int use_opened(const struct plan *p, struct status *st, const char *persi
 	int r = devices_wait(&spec, p->persist_timeout_s * 1000u, &dev);
 	status_step(st, "device", now_ms() - t, r);
 	if (r < 0) {
-		status_reason(st,
+		status_reason(st, STATUS_REASON_NO_DISK,
 			      "%s (vm.persist.opened) did not appear within %u s: the program that "
 			      "should open it (systemd-cryptsetup?) did not",
 			      p->persist_opened, p->persist_timeout_s);
@@ -425,7 +471,7 @@ static int use_opened(const struct plan *p, struct status *st, const char *persi
 	r = dm_uuid(p->persist_opened, uuid, sizeof(uuid));
 	st->luks = r == 0 && strncmp(uuid, "CRYPT-LUKS", 10) == 0;
 	if (p->persist_require_luks && !st->luks) {
-		status_reason(st,
+		status_reason(st, STATUS_REASON_REFUSED,
 			      "%s (vm.persist.opened) is not a LUKS mapping (%s%s%s); refused: "
 			      "vm.persist.encrypted=no allows it",
 			      p->persist_opened, r < 0 ? "not a device-mapper device: " : "UUID \"",
@@ -509,7 +555,8 @@ void persist_setup(struct plan *p, struct status *st, const char *root)
 	r = devices_wait_all(&spec, p->persist_timeout_s * 1000u, devs, ARRAY_SIZE(devs), &n_devs);
 	status_step(st, "device", now_ms() - t, r);
 	if (r < 0) {
-		status_reason(st, "no data disk: %s did not appear within %u s",
+		status_reason(st, STATUS_REASON_NO_DISK,
+			      "no data disk: %s did not appear within %u s",
 			      dev_describe(p, desc, sizeof(desc)), p->persist_timeout_s);
 		goto config;
 	}
@@ -539,8 +586,9 @@ mounted:
 	if (p->store == STORE_OFF) {
 		strcpy(st->store, "off");
 	} else if (checked < 0) {
-		status_reason(st, "/nix stays the factory store: /persist holds a path stage 1 "
-				  "cannot trust or move aside (see the warnings)");
+		status_reason(st, STATUS_REASON_UNTRUSTED,
+			      "/nix stays the factory store: /persist holds a path stage 1 "
+			      "cannot trust or move aside (see the warnings)");
 		log_err("%s", st->reason);
 	} else {
 		store_step(p, st, root, nix_dir, persist_dir);
@@ -574,7 +622,7 @@ static int load_modules(void)
 	return modules_load(mods, n);
 }
 
-/* Writes STATUS_DIR/status.json (under root, "" for /) atomically. */
+/* Writes STATUS_DIR/status.json and METRICS_FILE (under root, "" for /) atomically. */
 static int status_write(const struct status *st, const char *root)
 {
 	char dir[PATH_MAX], path[PATH_MAX];
@@ -586,14 +634,26 @@ static int status_write(const struct status *st, const char *root)
 	_cleanup_free_ char *text = status_to_json(st);
 	if (!text)
 		return -ENOMEM;
-	return write_file_atomic(path, text, strlen(text), 0644);
+	r = write_file_atomic(path, text, strlen(text), 0644);
+	if (r < 0)
+		return r;
+	/* The same record for node-exporter's textfile collector, in a directory of its own. */
+	snprintf(dir, sizeof(dir), "%s%s", root, METRICS_DIR);
+	snprintf(path, sizeof(path), "%s%s", root, METRICS_FILE);
+	_cleanup_free_ char *metrics = metrics_render(st, FACTORY_INIT_VERSION);
+	if (!metrics)
+		return -ENOMEM;
+	if ((r = make_dirs(dir, 0755)) < 0)
+		return r;
+	return write_file_atomic(path, metrics, strlen(metrics), 0644);
 }
 
 static void write_records(const struct plan *p, const struct status *st)
 {
 	int r = status_write(st, "");
 	if (r < 0)
-		log_err("cannot write " STATUS_DIR "/status.json: %s", strerror(-r));
+		log_err("cannot write " STATUS_DIR "/status.json or " METRICS_FILE ": %s",
+			strerror(-r));
 	_cleanup_free_ char *text = plan_to_json(p);
 	if (text)
 		write_file_atomic(STATUS_DIR "/plan.json", text, strlen(text), 0644);
@@ -687,7 +747,7 @@ __attribute__((noreturn)) static void fatal(const struct plan *p, struct status 
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
 	log_msg(LOG_EMERG, "cannot boot: %s", msg);
-	status_reason(st, "cannot boot: %s", msg);
+	status_reason(st, STATUS_REASON_FATAL, "cannot boot: %s", msg);
 	status_write(st, "");
 	sync();
 	if (p->panic_s < 0) {

@@ -46,11 +46,12 @@ void status_warn(struct status *st, const char *msg)
 	snprintf(last, sizeof(st->warnings[0]), STATUS_WARN_MORE, more);
 }
 
-void status_reason(struct status *st, const char *fmt, ...)
+void status_reason(struct status *st, const char *code, const char *fmt, ...)
 {
 	/* The first reason is the root cause; later failures only follow from it. */
 	if (*st->reason)
 		return;
+	strscpy(st->reason_code, code, sizeof(st->reason_code));
 	va_list ap;
 	va_start(ap, fmt);
 	vsnprintf(st->reason, sizeof(st->reason), fmt, ap);
@@ -109,6 +110,7 @@ char *status_to_json(const struct status *st)
 	json_object_object_add(o, "outcome",
 			       json_object_new_string(st->persist ? "persist" : "fallback"));
 	json_object_object_add(o, "reason", str_or_null(st->reason));
+	json_object_object_add(o, "reason_code", str_or_null(st->reason_code));
 	json_object_object_add(o, "device", str_or_null(st->device));
 	json_object_object_add(o, "fstype", str_or_null(st->fstype));
 	json_object_object_add(o, "luks", json_object_new_boolean(st->luks));
@@ -175,6 +177,32 @@ char *status_to_json(const struct status *st)
 			json_object_object_add(sd, "error",
 					       json_object_new_string(strerror(-st->seed_result)));
 		json_object_object_add(o, "store_copy", sd);
+	}
+	if (st->network_static) {
+		const struct net_static *n = &st->network;
+		struct json_object *net = json_object_new_object();
+		char addr[NET_ADDR_MAX + 8];
+		snprintf(addr, sizeof(addr), "%s/%u", n->address, n->prefix);
+		json_object_object_add(net, "address", json_object_new_string(addr));
+		json_object_object_add(net, "gateway", str_or_null(n->gateway));
+		struct json_object *dns = json_object_new_array();
+		for (size_t i = 0; i < n->n_dns; i++)
+			json_object_array_add(dns, json_object_new_string(n->dns[i]));
+		json_object_object_add(net, "dns", dns);
+		json_object_object_add(net, "ntp", str_or_null(n->ntp));
+		json_object_object_add(net, "interface", str_or_null(n->interface));
+		json_object_object_add(net, "syntax",
+				       json_object_new_string(n->kernel_syntax ? "ip=" : "short"));
+		json_object_object_add(
+		    net, "file", json_object_new_string(NETWORK_FILE_DIR "/" NETWORK_FILE_NAME));
+		json_object_object_add(net, "written",
+				       json_object_new_boolean(st->network_result >= 0));
+		if (st->network_result < 0)
+			json_object_object_add(
+			    net, "error", json_object_new_string(strerror(-st->network_result)));
+		json_object_object_add(o, "network_static", net);
+	} else {
+		json_object_object_add(o, "network_static", NULL);
 	}
 	struct json_object *w = json_object_new_array();
 	for (size_t i = 0; i < st->n_warnings; i++)

@@ -8,11 +8,22 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "network.h"
 #include "seed.h"
 
 #define STATUS_DIR "/run/factory-init"
 #define STATUS_MAX_STEPS 24
 #define STATUS_MAX_WARNINGS 48
+
+/* The reason codes (status.json "reason_code", the metrics' reason label). */
+#define STATUS_REASON_NO_DISK "no-disk"	     /* no data disk appeared in time */
+#define STATUS_REASON_REFUSED "refused"	     /* every candidate was refused (not LUKS, ...) */
+#define STATUS_REASON_NO_KEY "no-key"	     /* no unlock method had a key to try */
+#define STATUS_REASON_UNLOCK "unlock-failed" /* keys were tried and none opened it */
+#define STATUS_REASON_MOUNT "mount-failed"   /* unlocked, but Btrfs did not mount */
+#define STATUS_REASON_UNTRUSTED "persist-untrusted" /* /persist holds a path stage 1 refuses */
+#define STATUS_REASON_STORE "store-failed" /* /persist is mounted; /nix is not as planned */
+#define STATUS_REASON_FATAL "fatal"	   /* stage 1 could not boot at all */
 
 struct status_step {
 	char name[32];
@@ -42,13 +53,14 @@ struct status_candidate {
 };
 
 struct status {
-	const char *mode;  /* "stage1" or "helper" */
-	bool persist;	   /* outcome: /persist mounted */
-	char reason[1024]; /* why we fell back (or why the store is not as planned) */
-	char device[256];  /* the data disk we used or tried */
-	char fstype[32];   /* what blkid found on it */
-	bool luks;	   /* it was LUKS-encrypted */
-	char unlock[32];   /* the method that unlocked (as in status_attempt), "" if none */
+	const char *mode;     /* "stage1" or "helper" */
+	bool persist;	      /* outcome: /persist mounted */
+	char reason[1024];    /* why we fell back (or why the store is not as planned) */
+	char reason_code[24]; /* its STATUS_REASON_* word, "" with no reason */
+	char device[256];     /* the data disk we used or tried */
+	char fstype[32];      /* what blkid found on it */
+	bool luks;	      /* it was LUKS-encrypted */
+	char unlock[32];      /* the method that unlocked (as in status_attempt), "" if none */
 	struct status_candidate candidates[STATUS_MAX_CANDIDATES];
 	size_t n_candidates;
 	struct status_attempt attempts[STATUS_MAX_ATTEMPTS];
@@ -67,6 +79,10 @@ struct status {
 	int tpm2_lock_result;
 	unsigned tpm2_lock_pcr;
 	char tpm2_lock_detail[160];
+	/* vm.network_static, when the config has it: what stage 2's networkd was given. */
+	bool network_static;
+	struct net_static network;
+	int network_result; /* 0: NETWORK_FILE_NAME written; <0: why not */
 	char warnings[STATUS_MAX_WARNINGS][256];
 	size_t n_warnings;
 	struct status_step steps[STATUS_MAX_STEPS];
@@ -76,7 +92,13 @@ struct status {
 
 void status_init(struct status *st, const char *mode, uint64_t started_ms);
 void status_warn(struct status *st, const char *msg);
-void status_reason(struct status *st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/*
+ * Records why the boot fell back (or the store is not as planned): the first call wins, later
+ * failures only follow from it. code is one of the STATUS_REASON_* words (a metric label and a
+ * stable key for scripts); the text says it in full.
+ */
+void status_reason(struct status *st, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 /* Records an unlock attempt (dropped past STATUS_MAX_ATTEMPTS). */
 void status_attempt(struct status *st, const char *device, const char *method, const char *source,
 		    int result, uint64_t ms, const char *detail);

@@ -140,6 +140,33 @@ static void steps(FILE *out, json_object *root)
 		fprintf(out, "  %-14s %7lld\n", "total", num(root, "total_ms", 0));
 }
 
+/* vm.network_static: "10.0.2.50/24 via 10.0.2.2, DNS 10.0.2.3, on eth0". */
+static void network(FILE *out, json_object *root)
+{
+	json_object *n = member(root, "network_static", json_type_object);
+	if (!n)
+		return;
+	fprintf(out, "%-16s ", "static network");
+	put(out, str(n, "address"));
+	opt(out, " via ", str(n, "gateway"), "");
+	json_object *dns = member(n, "dns", json_type_array);
+	for (size_t i = 0; dns && i < json_object_array_length(dns); i++) {
+		json_object *d = json_object_array_get_idx(dns, i);
+		fputs(i ? " " : ", DNS ", out);
+		put(out,
+		    json_object_is_type(d, json_type_string) ? json_object_get_string(d) : NULL);
+	}
+	opt(out, ", on ", str(n, "interface"), "");
+	if (!str(n, "interface"))
+		fputs(", on every Ethernet interface", out);
+	if (boolean(n, "written") == 0) {
+		fputs(" (not written: ", out);
+		put(out, str(n, "error"));
+		fputc(')', out);
+	}
+	fputc('\n', out);
+}
+
 int statusview_print(const char *text, size_t len, int json, FILE *out, FILE *err)
 {
 	json_tokener *tok = json_tokener_new();
@@ -179,6 +206,7 @@ int statusview_print(const char *text, size_t len, int json, FILE *out, FILE *er
 		line(out, "outcome", "fallback: booted on the factory store");
 		line(out, "reason", str(root, "reason"));
 	}
+	line(out, "reason code", str(root, "reason_code"));
 	if (rc == STATUSVIEW_PERSIST && str(root, "reason"))
 		line(out, "note", str(root, "reason"));
 	line(out, "mode", str(root, "mode"));
@@ -196,6 +224,7 @@ int statusview_print(const char *text, size_t len, int json, FILE *out, FILE *er
 			num(copy, "bytes", 0) / 1000000, num(copy, "ms", 0),
 			boolean(copy, "complete") == 0 ? " (incomplete)" : "");
 	line(out, "tpm2", str(root, "tpm2"));
+	network(out, root);
 	if (boolean(root, "key_in_cmdline") == 1)
 		line(out, "key on cmdline", "yes: stage 2 can read it in /proc/cmdline");
 	candidates(out, root);

@@ -24,8 +24,8 @@ static void test_fallback_status(void **state)
 	(void)state;
 	struct status st;
 	status_init(&st, "stage1", 0);
-	status_reason(&st, "no data disk: %s did not appear", "/dev/vdb");
-	status_reason(&st, "a later, derived failure");
+	status_reason(&st, STATUS_REASON_NO_DISK, "no data disk: %s did not appear", "/dev/vdb");
+	status_reason(&st, STATUS_REASON_MOUNT, "a later, derived failure");
 	status_warn(&st, "w1");
 	status_step(&st, "device", 10001, -ETIMEDOUT);
 	status_step(&st, "config", 2, 0);
@@ -37,6 +37,9 @@ static void test_fallback_status(void **state)
 			    "fallback");
 	assert_string_equal(json_object_get_string(json_object_object_get(o, "reason")),
 			    "no data disk: /dev/vdb did not appear");
+	/* The code of the first reason, not the later one's. */
+	assert_string_equal(json_object_get_string(json_object_object_get(o, "reason_code")),
+			    STATUS_REASON_NO_DISK);
 	assert_string_equal(json_object_get_string(json_object_object_get(o, "store")), "factory");
 	assert_null(json_object_object_get(o, "device"));
 	struct json_object *steps = json_object_object_get(o, "steps");

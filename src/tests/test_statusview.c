@@ -102,12 +102,31 @@ static void test_not_a_record(void **state)
 	}
 }
 
+static void test_network_line(void **state)
+{
+	(void)state;
+	const char rec[] =
+	    "{\"outcome\":\"fallback\",\"reason\":\"no data disk\",\"reason_code\":\"no-disk\","
+	    "\"network_static\":{\"address\":\"10.0.2.50/24\",\"gateway\":\"10.0.2.2\","
+	    "\"dns\":[\"10.0.2.3\",\"1.1.1.1\"],\"interface\":null,\"written\":false,"
+	    "\"error\":\"No space left on device\"}}";
+	char *out, *err;
+	assert_int_equal(view(rec, 0, &out, &err), STATUSVIEW_FALLBACK);
+	assert_non_null(strstr(out, "reason code      no-disk\n"));
+	assert_non_null(strstr(out, "static network   10.0.2.50/24 via 10.0.2.2, DNS 10.0.2.3 "
+				    "1.1.1.1, on every Ethernet interface (not written: No space "
+				    "left on device)\n"));
+	free(out);
+	free(err);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_persist),
 	    cmocka_unit_test(test_fallback),
 	    cmocka_unit_test(test_not_a_record),
+	    cmocka_unit_test(test_network_line),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
