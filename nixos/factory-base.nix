@@ -36,7 +36,15 @@ in
   # VM's own configuration names it.
   networking.hostName = mkDefault "";
   system.name = mkDefault "factory";
-  networking.useDHCP = mkDefault true;
+  # systemd-networkd: factory-init writes /run/systemd/network/10-factory-init-static.network
+  # from vm.network_static= (sorting first, so it takes its interface); every other Ethernet
+  # interface, and every one without vm.network_static, gets DHCP from the file below.
+  networking.useNetworkd = mkDefault true;
+  networking.useDHCP = mkDefault false;
+  systemd.network.networks."99-factory-dhcp" = {
+    matchConfig = { Type = "ether"; Kind = "!*"; };
+    networkConfig.DHCP = "yes";
+  };
 
   systemd.services.vm-hostname = lib.mkIf (config.networking.hostName == "") {
     description = "Set the host name from vm.hostname";

@@ -334,6 +334,19 @@ in
       '';
     };
 
+    metrics.textfileCollector = mkOption {
+      type = types.bool;
+      default = config.services.prometheus.exporters.node.enable;
+      defaultText = literalExpression "config.services.prometheus.exporters.node.enable";
+      description = ''
+        Point node-exporter's textfile collector at /run/factory-init/metrics, where stage 1
+        writes the boot's outcome as Prometheus metrics (factory-init.prom: persist or fallback
+        with a reason code, unlock method, store mode, step durations in seconds, factory image,
+        refresh, bind copy figures). This sets the collector's directory: turn it off when
+        another textfile directory is in use, and link or copy the file there instead.
+      '';
+    };
+
     localOverlayStore = mkOption {
       type = types.bool;
       default = cfg.storeMode == "overlay" && lib.versionAtLeast nixVersion "2.22";
@@ -543,6 +556,16 @@ in
         '';
       };
     })
+
+    {
+      # The conditions sit on the leaves: exporters is one submodule option, so a condition on
+      # the whole definition would need node.enable to decide node.enable.
+      services.prometheus.exporters.node = {
+        enabledCollectors = mkIf cfg.metrics.textfileCollector [ "textfile" ];
+        extraFlags = mkIf cfg.metrics.textfileCollector
+          [ "--collector.textfile.directory=/run/factory-init/metrics" ];
+      };
+    }
 
     # nix-store --optimise hard-links identical files: on a plain overlay that copies every
     # factory file it touches up to /persist. Optimise new paths as they arrive instead.

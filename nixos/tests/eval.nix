@@ -189,6 +189,20 @@ let
         (check (registers c) "stage 2 registers the factory paths (Nix 2.18)")
       ]));
 
+    # node-exporter on: its textfile collector reads stage 1's metrics directory.
+    metrics =
+      let
+        c = withInitrd { modules = [ { services.prometheus.exporters.node.enable = true; } ]; };
+        node = c.config.services.prometheus.exporters.node;
+      in
+      assert check (c.config.boot.initrd.factoryInit.metrics.textfileCollector) "on with node-exporter";
+      assert check (lib.elem "textfile" node.enabledCollectors) "textfile collector";
+      assert check (lib.elem "--collector.textfile.directory=/run/factory-init/metrics" node.extraFlags) "its directory";
+      assert check (!(withInitrd { }).config.boot.initrd.factoryInit.metrics.textfileCollector) "off without";
+      assert check (lib.hasInfix "--collector.textfile.directory=/run/factory-init/metrics"
+        c.config.systemd.services.prometheus-node-exporter.serviceConfig.ExecStart) "in ExecStart";
+      c.config.system.build.toplevel.drvPath;
+
     systemd-bind =
       let c = withInitrd { extra = { storeMode = "bind"; device = "LABEL=persist"; timeout = 30; encrypted = "yes"; }; }; in
       toplevel c (systemdChecks c { } (json: [
@@ -392,7 +406,9 @@ let
     assert check (initrd.systemd.enable == systemd) "stage 1: systemd ${lib.boolToString systemd}";
     assert check (systemd -> (unitOf c).text == unitExpected) "the unit";
     assert check (lib.elem "console=ttyS0,115200" c.config.boot.kernelParams) "serial console";
-    assert check (c.config.networking.useDHCP) "DHCP";
+    assert check (c.config.networking.useNetworkd) "networkd, for vm.network_static";
+    assert check (c.config.systemd.network.networks."99-factory-dhcp".networkConfig.DHCP == "yes") "DHCP as the fallback";
+    assert check (c.config.environment.etc ? "systemd/network/99-factory-dhcp.network") "the fallback .network file";
     assert check ((builtins.fromJSON embedded.source.text).branch == "main") "embedded config";
     assert check (c.config.boot.loader.grub.efiSupport == (boot != "bios")) "boot loader fits the image";
     img.drvPath;

@@ -41,7 +41,7 @@ declare -A expect_error=(
     [mistake-qemu-vm-store]="qemu-vm's writable store (virtualisation.writableStore)"
     [mistake-scripted-without-options]="boot.initrd.factoryInit needs systemd stage 1 here"
 )
-all_cases=(package systemd-overlay systemd-bind systemd-keyfile systemd-cryptsetup kernel-modules
+all_cases=(package systemd-overlay metrics systemd-bind systemd-keyfile systemd-cryptsetup kernel-modules
            without-scripted-options unit-render qemu-vm-store-off
            scripted-overlay scripted-off local-overlay-store
            sync-config image-qcow2-efi image-qcow2-bios image-raw flake
