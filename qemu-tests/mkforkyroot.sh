@@ -1,7 +1,7 @@
 #!/bin/sh
 # mkforkyroot.sh - a factory root whose stage 2 is systemd (Debian forky, systemd 262).
 #
-# Usage: qemu-tests/mkforkyroot.sh [--force] OUTDIR
+# Usage: qemu-tests/mkforkyroot.sh [--force] [--kernel KDIR] OUTDIR
 #
 # Writes OUTDIR/forky-root.img: an ext4 image (label "factory", mkfs.ext4 -d: no root mounts,
 # no loop devices) built from a COPY of the cached forky tree (qemu-tests/stack.sh tree forky;
@@ -17,6 +17,11 @@
 # No logins: getty@, serial-getty@, console-getty and autovt@ are masked; e2scrub_reap.service
 # (nothing to reap on a read-only root, and slow under TCG) is not enabled.  Left out of the copy:
 # /usr/share/{doc,man,info,locale}, /var/*, /run/*, /tmp/*.
+# --kernel KDIR (a kernel of qemu-tests/kernel.sh: KDIR/lib/modules/KVER): virtio_net and its
+# dependencies go into /lib/modules/KVER with their own depmod, so stage 2's udev loads the
+# NIC driver (the tree has no kernel).  systemd-networkd is not enabled: a scenario that wants it
+# boots with systemd.wants=systemd-networkd.service; /etc/systemd/network/99-factory-dhcp.network
+# is the factory base's DHCP fallback (every physical Ethernet interface).
 # Two units of ours (in /etc/systemd/system, enabled in multi-user.target):
 #   factory-test-reporter.service  Type=exec, After=multi-user.target: runs
 #       /usr/lib/factory-test/reporter.sh (systemctl is-system-running --wait, then the @@
@@ -37,6 +42,9 @@
 #       (journalctl -b -o json with a few fields)
 #   @@PCR <n> <hex>  the SHA-256 PCRs, with a TPM
 #   @@CRYPTSETUP| <line> / @@CRYPTSETUP rc=<n> mapper=yes|no detach=<n> (the cryptsetup unit)
+#   @@NET wait=<rc>  @@NET addr <ip -o addr line>  @@NET route <ip route line>
+#   @@NET dns <networkctl status line>  (when systemd-networkd runs: after
+#       systemd-networkd-wait-online --timeout=60 -4 returned rc)
 # Rebuilt only when its inputs (this script, the tree's package list and completion stamp)
 # changed or the image was modified (stamp in OUTDIR/.stamps/, as mkdisks.sh does).  Prints
 # the image path as the last line of stdout.
@@ -45,15 +53,22 @@ set -eu
 HERE=$(cd "$(dirname "$0")" && pwd)
 PATH=$PATH:/sbin:/usr/sbin
 force=0
+kdir=
 while [ $# -gt 0 ]; do
     case $1 in
         --force) force=1; shift ;;
+        --kernel) kdir=$2; shift 2 ;;
         -h|--help) sed -n '2,/^set -eu/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         -*) echo "mkforkyroot.sh: unknown option $1" >&2; exit 2 ;;
         *) break ;;
     esac
 done
-[ $# -eq 1 ] || { echo "usage: mkforkyroot.sh [--force] OUTDIR" >&2; exit 2; }
+[ $# -eq 1 ] || { echo "usage: mkforkyroot.sh [--force] [--kernel KDIR] OUTDIR" >&2; exit 2; }
+kver=
+if [ -n "$kdir" ]; then
+    kver=$(ls "$kdir/lib/modules" | head -n 1)
+    [ -n "$kver" ] || { echo "mkforkyroot.sh: no lib/modules in $kdir" >&2; exit 1; }
+fi
 out=$1
 mkdir -p "$out/.stamps"
 out=$(cd "$out" && pwd)
@@ -71,7 +86,7 @@ tree=$("$HERE/stack.sh" -q tree forky | tail -n 1)
 [ -x "$tree/usr/lib/systemd/systemd" ] && [ -f "$tree/.complete" ] ||
     { say "no complete forky tree at $tree"; exit 1; }
 
-h=$({ echo "epoch=$EPOCH"; cat "$0" "$tree/.versions"; stat -c '%Y' "$tree/.complete"; } |
+h=$({ echo "epoch=$EPOCH kver=$kver"; cat "$0" "$tree/.versions"; stat -c '%Y' "$tree/.complete"; } |
     sha256sum | cut -d' ' -f1)
 if [ "$force" = 0 ] && [ -f "$out/$img" ] && [ -f "$out/.stamps/$img" ] &&
    [ "$(cat "$out/.stamps/$img")" = "$h $(stat -c '%s %Y' "$out/$img")" ]; then
@@ -105,6 +120,34 @@ chmod 0755 "$root/nix/store/$NIX_HASH-hello-1.0/bin/hello"
 chmod 0555 "$root/nix/store/$NIX_HASH-hello-1.0/bin" "$root/nix/store/$NIX_HASH-hello-1.0"
 chmod 1775 "$root/nix/store"
 echo factory > "$root/etc/hostname"
+
+# ---- the NIC driver for stage 2 (the tree has no kernel), and the DHCP fallback
+if [ -n "$kver" ]; then
+    src=$kdir/lib/modules/$kver
+    dst=$root/lib/modules/$kver
+    mkdir -p "$dst"
+    for m in virtio_net net_failover failover; do
+        f=$(find "$src/kernel" -name "$m.ko*" | head -n 1)
+        [ -n "$f" ] || continue          # built in
+        mkdir -p "$dst/$(dirname "${f#$src/}")"
+        cp "$f" "$dst/${f#$src/}"
+    done
+    for f in modules.builtin modules.builtin.modinfo modules.order; do
+        [ ! -f "$src/$f" ] || cp "$src/$f" "$dst/"
+    done
+    depmod -b "$root" "$kver"
+fi
+mkdir -p "$root/etc/systemd/network"
+cat > "$root/etc/systemd/network/99-factory-dhcp.network" <<'EOF'
+# The factory base's fallback (nixos/factory-base.nix): DHCP on every physical Ethernet
+# interface that no earlier file (factory-init's 10-factory-init-static.network) takes.
+[Match]
+Type=ether
+Kind=!*
+
+[Network]
+DHCP=yes
+EOF
 
 # ---- read-only root
 cat > "$root/etc/fstab" <<'EOF'
@@ -148,7 +191,8 @@ done
 while IFS= read -r line || [ -n "$line" ]; do
     echo "@@MOUNT $line"
 done </proc/mounts
-for f in /run/factory-init/status.json /run/vm-config.json /persist/config.json; do
+for f in /run/factory-init/status.json /run/vm-config.json /persist/config.json \
+         /run/factory-init/metrics/factory-init.prom; do
     if [ -f "$f" ] && [ -r "$f" ]; then
         echo "@@FILE $f"
         while IFS= read -r line || [ -n "$line" ]; do
@@ -182,6 +226,15 @@ done
 for f in /sys/class/tpm/tpm0/pcr-sha256/*; do
     [ -r "$f" ] && echo "@@PCR ${f##*/} $(cat "$f" 2>/dev/null)"
 done
+if [ "$(systemctl show -P ActiveState systemd-networkd.service)" = active ]; then
+    /usr/lib/systemd/systemd-networkd-wait-online --timeout=60 -4 >/dev/null 2>&1
+    echo "@@NET wait=$?"
+    ip -o addr show 2>&1 | while IFS= read -r line; do echo "@@NET addr $line"; done
+    ip route show 2>&1 | while IFS= read -r line; do echo "@@NET route $line"; done
+    networkctl status --no-pager 2>&1 | grep -i dns | while IFS= read -r line; do
+        echo "@@NET dns $line"
+    done
+fi
 dmesg 2>/dev/null | while IFS= read -r line || [ -n "$line" ]; do
     echo "@@KMSG $line"
 done

@@ -8,7 +8,8 @@ units, timestamps), @@JOURNAL (factory-init's records in the journal) and, with
 factory.test.cryptsetup= on the command line, @@CRYPTSETUP (systemd-cryptsetup opening a disk
 with a TPM2 token factory-init enrolled).
 
-systemd-stage2-overlay, systemd-stage2-fallback, systemd-stage2-bind,
+systemd-stage2-overlay, systemd-stage2-fallback, systemd-stage2-bind, systemd-stage2-network
+(vm.network_static read by systemd-networkd; a malformed value leaves DHCP),
 systemd-stage2-cryptsetup-ours (PCR 7: opens; the default PCR 7+15: locked out).  Registered
 after the other modules.
 """
@@ -21,7 +22,7 @@ import subprocess
 import harness
 from harness import Disk
 from context import (FACTORY_INIT_DEV, FI_APPEND, HERE, RUN_CONFIG, STATUS, check_fi_logged,
-                     check_no_disk_fallback, check_no_secret, enroll_ours, fi_initrd, fresh_dir,
+                     check_metrics, check_no_disk_fallback, check_no_secret, enroll_ours, fi_initrd, fresh_dir,
                      luks_copy, pcrs_of, read_key, scenario)
 
 MKFORKYROOT = os.path.join(HERE, "mkforkyroot.sh")
@@ -41,7 +42,8 @@ def forky_root(ctx):
     """BUILD/forky-root.img (mkforkyroot.sh, cached by its stamp), built once per run."""
     img = getattr(ctx, "_forky_root", None)
     if img is None:
-        r = subprocess.run([MKFORKYROOT, ctx.build], stdout=subprocess.PIPE,
+        r = subprocess.run([MKFORKYROOT, "--kernel", ctx.kernel_dir, ctx.build],
+                           stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
         if r.returncode != 0:
             raise RuntimeError(f"mkforkyroot.sh failed: {r.stderr.strip()}")
@@ -286,3 +288,59 @@ def systemd_stage2_cryptsetup_ours(ctx):
     ctx.check(sd.cryptsetup.get("rc") not in (None, "0"),
               f"systemd-cryptsetup opened a PCR 15-locked token in stage 2: {sd.cryptsetup}")
     ctx.check(sd.cryptsetup.get("mapper") == "no", "/dev/mapper/ours exists")
+
+
+#: User-mode networking: QEMU's slirp serves 10.0.2.0/24, gateway 10.0.2.2, DNS 10.0.2.3, and
+#: DHCP hands out 10.0.2.15 first.  net.ifnames=0 names the NIC eth0.
+NET_ARGS = ["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"]
+NET_APPEND = "net.ifnames=0 systemd.wants=systemd-networkd.service"
+
+
+def net_lines(r, kind):
+    return [line.split(f"@@NET {kind} ", 1)[1].strip() for line in r.raw.splitlines()
+            if f"@@NET {kind} " in line]
+
+
+@scenario("systemd-stage2-network")
+def systemd_stage2_network(ctx):
+    """vm.network_static=10.0.2.50/24,10.0.2.2,10.0.2.3,eth0 (QEMU's user network): systemd-
+    networkd in stage 2 gives eth0 that address, the default route and the DNS server, and no
+    DHCP lease; the metrics pass promtool.  Then a malformed value (a gateway outside the subnet):
+    named in a warning, no file written, and the factory base's DHCP fallback gets 10.0.2.15."""
+    disks = [Disk(forky_root(ctx))]
+    r, sd = boot_systemd(ctx, "systemd-stage2-network", disks,
+                         f"{FI_APPEND} vm.persist.timeout=1 {NET_APPEND} "
+                         "vm.network_static=10.0.2.50/24,10.0.2.2,10.0.2.3,eth0",
+                         extra_args=NET_ARGS)
+    st, cfg = check_stage2_basics(ctx, r, sd)
+    ctx.check(cfg.get("network_static") == "10.0.2.50/24,10.0.2.2,10.0.2.3,eth0", f"config {cfg}")
+    ctx.check((st.get("network_static") or {}).get("written") is True, f"status {st.get('network_static')}")
+    waits = [line for line in r.raw.splitlines() if "@@NET wait=" in line]
+    ctx.check(waits and waits[0].strip().endswith("wait=0"), f"networkd never came online: {waits}")
+    addrs = net_lines(r, "addr")
+    routes = net_lines(r, "route")
+    dns = net_lines(r, "dns")
+    ctx.diag(f"addr {addrs}; route {routes}; dns {dns}")
+    eth0 = [a for a in addrs if a.split()[1] == "eth0" and " inet " in a]
+    ctx.check(len(eth0) == 1 and "inet 10.0.2.50/24 " in eth0[0], f"eth0 IPv4: {eth0}")
+    ctx.check(any(x.startswith("default via 10.0.2.2 dev eth0") for x in routes), f"routes {routes}")
+    ctx.check(any("10.0.2.3" in x for x in dns), f"DNS: {dns}")
+    check_journal(ctx, sd, [(6, "static network for stage 2: 10.0.2.50/24,10.0.2.2,10.0.2.3,eth0")])
+    m = check_metrics(ctx, r)
+    ctx.check(m.get("factory_init_network_static") == 1, "metric factory_init_network_static")
+
+    r, sd = boot_systemd(ctx, "systemd-stage2-network-bad", disks,
+                         f"{FI_APPEND} vm.persist.timeout=1 {NET_APPEND} "
+                         "vm.network_static=10.0.2.50/24,10.0.3.1,10.0.2.3,eth0",
+                         extra_args=NET_ARGS)
+    st, cfg = check_stage2_basics(ctx, r, sd)
+    ctx.check("network_static" not in cfg and st.get("network_static") is None,
+              f"a malformed value reached the config: {cfg}")
+    check_journal(ctx, sd, [(4, "vm.network_static=")])
+    waits = [line for line in r.raw.splitlines() if "@@NET wait=" in line]
+    ctx.check(waits and waits[0].strip().endswith("wait=0"), f"DHCP never came online: {waits}")
+    addrs = net_lines(r, "addr")
+    eth0 = [a for a in addrs if a.split()[1] == "eth0" and " inet " in a]
+    ctx.check(len(eth0) == 1 and "inet 10.0.2.15/24 " in eth0[0], f"eth0 by DHCP: {eth0}")
+    ctx.check(any(x.startswith("default via 10.0.2.2 dev eth0") for x in net_lines(r, "route")),
+              f"routes {net_lines(r, 'route')}")
