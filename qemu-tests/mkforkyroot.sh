@@ -1,7 +1,7 @@
 #!/bin/sh
 # mkforkyroot.sh - a factory root whose stage 2 is systemd (Debian forky, systemd 262).
 #
-# Usage: qemu-tests/mkforkyroot.sh [--force] [--kernel KDIR] OUTDIR
+# Usage: qemu-tests/mkforkyroot.sh [--force] [--kernel KDIR] [--factory-init BIN] OUTDIR
 #
 # Writes OUTDIR/forky-root.img: an ext4 image (label "factory", mkfs.ext4 -d: no root mounts,
 # no loop devices) built from a COPY of the cached forky tree (qemu-tests/stack.sh tree forky;
@@ -22,6 +22,8 @@
 # NIC driver (the tree has no kernel).  systemd-networkd is not enabled: a scenario that wants it
 # boots with systemd.wants=systemd-networkd.service; /etc/systemd/network/99-factory-dhcp.network
 # is the factory base's DHCP fallback (every physical Ethernet interface).
+# --factory-init BIN: the static binary at /usr/local/bin/factory-init, so that stage 2 can run
+# `factory-init status` (the reporter prints it: @@STATUSVIEW| <line>, @@STATUSVIEW rc=<n>).
 # Two units of ours (in /etc/systemd/system, enabled in multi-user.target):
 #   factory-test-reporter.service  Type=exec, After=multi-user.target: runs
 #       /usr/lib/factory-test/reporter.sh (systemctl is-system-running --wait, then the @@
@@ -54,10 +56,12 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 PATH=$PATH:/sbin:/usr/sbin
 force=0
 kdir=
+fibin=
 while [ $# -gt 0 ]; do
     case $1 in
         --force) force=1; shift ;;
         --kernel) kdir=$2; shift 2 ;;
+        --factory-init) fibin=$2; shift 2 ;;
         -h|--help) sed -n '2,/^set -eu/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         -*) echo "mkforkyroot.sh: unknown option $1" >&2; exit 2 ;;
         *) break ;;
@@ -86,7 +90,8 @@ tree=$("$HERE/stack.sh" -q tree forky | tail -n 1)
 [ -x "$tree/usr/lib/systemd/systemd" ] && [ -f "$tree/.complete" ] ||
     { say "no complete forky tree at $tree"; exit 1; }
 
-h=$({ echo "epoch=$EPOCH kver=$kver"; cat "$0" "$tree/.versions"; stat -c '%Y' "$tree/.complete"; } |
+h=$({ echo "epoch=$EPOCH kver=$kver"; cat "$0" "$tree/.versions"; stat -c '%Y' "$tree/.complete"
+      [ -z "$fibin" ] || sha256sum <"$fibin"; } |
     sha256sum | cut -d' ' -f1)
 if [ "$force" = 0 ] && [ -f "$out/$img" ] && [ -f "$out/.stamps/$img" ] &&
    [ "$(cat "$out/.stamps/$img")" = "$h $(stat -c '%s %Y' "$out/$img")" ]; then
@@ -120,6 +125,11 @@ chmod 0755 "$root/nix/store/$NIX_HASH-hello-1.0/bin/hello"
 chmod 0555 "$root/nix/store/$NIX_HASH-hello-1.0/bin" "$root/nix/store/$NIX_HASH-hello-1.0"
 chmod 1775 "$root/nix/store"
 echo factory > "$root/etc/hostname"
+
+# ---- factory-init itself, for `factory-init status` in stage 2
+if [ -n "$fibin" ]; then
+    install -D -m 0755 "$fibin" "$root/usr/local/bin/factory-init"
+fi
 
 # ---- the NIC driver for stage 2 (the tree has no kernel), and the DHCP fallback
 if [ -n "$kver" ]; then
@@ -226,6 +236,12 @@ done
 for f in /sys/class/tpm/tpm0/pcr-sha256/*; do
     [ -r "$f" ] && echo "@@PCR ${f##*/} $(cat "$f" 2>/dev/null)"
 done
+if [ -x /usr/local/bin/factory-init ]; then
+    /usr/local/bin/factory-init status >/run/fi-status.out 2>&1
+    rc=$?
+    sed 's/^/@@STATUSVIEW| /' /run/fi-status.out
+    echo "@@STATUSVIEW rc=$rc"
+fi
 if [ "$(systemctl show -P ActiveState systemd-networkd.service)" = active ]; then
     /usr/lib/systemd/systemd-networkd-wait-online --timeout=60 -4 >/dev/null 2>&1
     echo "@@NET wait=$?"

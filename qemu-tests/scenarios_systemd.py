@@ -21,7 +21,7 @@ import subprocess
 
 import harness
 from harness import Disk
-from context import (FACTORY_INIT_DEV, FI_APPEND, HERE, RUN_CONFIG, STATUS, check_fi_logged,
+from context import (FACTORY_INIT, FACTORY_INIT_DEV, FI_APPEND, HERE, RUN_CONFIG, STATUS, check_fi_logged,
                      check_metrics, check_no_disk_fallback, check_no_secret, enroll_ours, fi_initrd, fresh_dir,
                      luks_copy, pcrs_of, read_key, scenario)
 
@@ -42,7 +42,8 @@ def forky_root(ctx):
     """BUILD/forky-root.img (mkforkyroot.sh, cached by its stamp), built once per run."""
     img = getattr(ctx, "_forky_root", None)
     if img is None:
-        r = subprocess.run([MKFORKYROOT, "--kernel", ctx.kernel_dir, ctx.build],
+        r = subprocess.run([MKFORKYROOT, "--kernel", ctx.kernel_dir,
+                            "--factory-init", FACTORY_INIT, ctx.build],
                            stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
         if r.returncode != 0:
@@ -328,6 +329,17 @@ def systemd_stage2_network(ctx):
     check_journal(ctx, sd, [(6, "static network for stage 2: 10.0.2.50/24,10.0.2.2,10.0.2.3,eth0")])
     m = check_metrics(ctx, r)
     ctx.check(m.get("factory_init_network_static") == 1, "metric factory_init_network_static")
+    # `factory-init status` in stage 2: outcome first, the reason and the network, exit 1.
+    view = [line.split("@@STATUSVIEW| ", 1)[1].rstrip() for line in r.raw.splitlines()
+            if "@@STATUSVIEW| " in line]
+    rcs = [line.strip().rsplit("rc=", 1)[1] for line in r.raw.splitlines()
+           if "@@STATUSVIEW rc=" in line]
+    ctx.check(rcs == ["1"], f"factory-init status exit codes {rcs} (a fallback is 1)")
+    ctx.check(view and view[0].startswith("outcome") and "fallback" in view[0],
+              f"status view: {view[:3]}")
+    for want in ("reason code      no-disk",
+                 "static network   10.0.2.50/24 via 10.0.2.2, DNS 10.0.2.3, on eth0"):
+        ctx.check(want in view, f"status view lacks {want!r}: {view}")
 
     r, sd = boot_systemd(ctx, "systemd-stage2-network-bad", disks,
                          f"{FI_APPEND} vm.persist.timeout=1 {NET_APPEND} "
