@@ -11,9 +11,10 @@ import subprocess
 
 import harness
 from harness import Disk
-from context import (FACTORY_INIT, FI_APPEND, NETWORK_FILE, PERSIST_CONFIG, PLAIN, RUN_CONFIG,
-                     check_fi_logged, check_metrics, check_no_disk_fallback, check_no_secret,
-                     fi_initrd, fi_modules, read_key, same_disk, scenario, status_of)
+from context import (FACTORY_INIT, FI_APPEND, METRICS, NETWORK_FILE, PERSIST_CONFIG, PLAIN,
+                     RUN_CONFIG, check_fi_logged, check_metrics, check_no_disk_fallback,
+                     check_no_secret, fi_initrd, fi_modules, read_key, same_disk, scenario,
+                     status_of)
 
 
 @scenario("floor")
@@ -39,8 +40,8 @@ def floor(ctx):
     ctx.check(r.marker_write_failed, "marker write on the read-only root did not fail")
     ctx.check(sorted(r.nofiles) == sorted(["/run/factory-init/status.json",
                                             "/run/vm-config.json",
-                                            "/persist/config.json"]),
-              f"unexpected files: {r.files}")
+                                            "/persist/config.json", METRICS, NETWORK_FILE]),
+              f"unexpected files: {r.files}, nofiles {r.nofiles}")
     ctx.check(any("EXT4-fs (vda)" in k for k in r.kmsg),
               "dmesg has no EXT4-fs (vda) line")
 
