@@ -107,6 +107,11 @@ let
                 optimise.automatic = mkOption { type = types.bool; default = true; };
               };
               systemd.services = any;
+              services.prometheus.exporters.node = {
+                enable = mkOption { type = types.bool; default = false; };
+                enabledCollectors = mkOption { type = types.listOf types.str; default = [ ]; };
+                extraFlags = mkOption { type = types.listOf types.str; default = [ ]; };
+              };
             };
             config = {
               _module.args.pkgs = pkgs;
