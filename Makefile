@@ -142,8 +142,9 @@ qemu-check: $(BUILD)/factory-init.static
 examples-check: | $(PACKAGES_STAMP)
 	sh nixos/examples/validate.sh
 
-# The NixOS modules, package and images, evaluated (not built) against $(NIXPKGS), a nixpkgs
-# tree (SKIP when unset): nixos/tests/eval.sh.
+# The NixOS modules, package and images, evaluated (not built) by forky's Nix 2.34 against
+# $(NIXPKGS), or else the NixOS 24.05 tarball of ../shared/nixos (SKIP with neither):
+# nixos/tests/eval.sh (NIXOS_CHECK_NIX=host: the host's nix-instantiate).
 nixos-check:
 	bash nixos/tests/eval.sh
 

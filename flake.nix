@@ -17,6 +17,18 @@
         ];
       };
       image = name: format: self.nixosConfigurations.${name}.config.system.build.factoryImage.${format};
+
+      # The factory system as a platform image of nixpkgs (nixos/image-platforms.nix).
+      platforms = import ./nixos/image-platforms.nix;
+      platformSystem = name: p: nixpkgs.lib.nixosSystem {
+        modules = [
+          self.nixosModules.factory-base
+          self.nixosModules.images
+          (nixpkgs.outPath + "/nixos/modules/${p.module}")
+          { nixpkgs.hostPlatform = system; factory.image = { platform = name; inherit (p) boot; }; }
+        ];
+      };
+      prefixed = f: nixpkgs.lib.mapAttrs' (name: p: nixpkgs.lib.nameValuePair "factory-${name}" (f name p)) platforms;
     in
     {
       packages.${system} = {
@@ -25,7 +37,10 @@
         factory-qcow2-efi = image "factory-efi" "qcow2";
         factory-qcow2-bios = image "factory-bios" "qcow2";
         factory-raw = image "factory" "raw"; # hybrid: boots with UEFI or BIOS
-      };
+        factory-qcow = self.packages.${system}.factory-qcow2-efi;
+        factory-base = self.nixosConfigurations.factory.config.system.build.toplevel; # the system itself
+      } # factory-hyperv (.vhdx), -vmware (.vmdk), -virtualbox (.ova), -openstack (.qcow2), -proxmox (.vma.zst)
+      // prefixed (name: _: image "factory-${name}" name);
 
       nixosModules = {
         factory-init = ./nixos/modules/factory-init.nix; # boot.initrd.factoryInit
@@ -39,6 +54,6 @@
         factory = factory "hybrid";
         factory-efi = factory "efi";
         factory-bios = factory "bios";
-      };
+      } // prefixed platformSystem;
     };
 }

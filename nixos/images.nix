@@ -9,6 +9,12 @@
 # ESP labelled "ESP" on /boot when EFI). The image also carries /nix/nix-path-registration, the
 # registration of its store paths, which stage 2 loads into the Nix database on /persist
 # (boot.initrd.factoryInit.registerFactoryPaths).
+#
+# Platform images (image-platforms.nix): with factory.image.platform = "hyperv", "vmware",
+# "virtualbox", "openstack" or "proxmox", and that platform's nixpkgs module imported beside this
+# one, the platform module lays out the disk and the boot loader (this module then sets neither),
+# and system.build.factoryImage.<platform> is nixpkgs' own image of it, with
+# /nix/nix-path-registration added to the files make-disk-image copies in.
 { config, lib, pkgs, modulesPath, ... }:
 
 let
@@ -19,6 +25,33 @@ let
   partitionTableType = { efi = "efi"; bios = "legacy"; hybrid = "hybrid"; }.${cfg.boot};
 
   registration = pkgs.closureInfo { rootPaths = [ config.system.build.toplevel ]; };
+  platforms = import ./image-platforms.nix;
+  generic = cfg.platform == "generic";
+  platform = platforms.${cfg.platform} or null;
+
+  # nixpkgs' platform modules call make-disk-image without `contents`; its preparation script
+  # then copies an empty list. Fill that list with the registration, or fail the evaluation
+  # loudly if make-disk-image no longer writes it that way.
+  withRegistration = img:
+    let
+      empty = [ "sources_=()" "targets_=()" "modes_=()" ];
+      filled = [ "sources_=(${registration}/registration)" "targets_=(/nix/nix-path-registration)" "modes_=('')" ];
+    in
+    if lib.all (e: lib.hasInfix e (img.preVM or "")) empty
+    then lib.overrideDerivation img (old: { preVM = lib.replaceStrings empty filled old.preVM; })
+    else throw "factory.image: nixpkgs' make-disk-image no longer prepares contents as images.nix expects; cannot add /nix/nix-path-registration to the ${cfg.platform} image";
+
+  # OpenStack: nixpkgs' openstack-image.nix, without the channel.
+  openstackImage = import (modulesPath + "/../lib/make-disk-image.nix") {
+    inherit config lib pkgs;
+    name = "factory-image-openstack";
+    format = "qcow2";
+    additionalSpace = "1024M";
+    copyChannel = false;
+    contents = [
+      { source = "${registration}/registration"; target = "/nix/nix-path-registration"; }
+    ];
+  };
 
   image = format: import (modulesPath + "/../lib/make-disk-image.nix") {
     inherit config lib pkgs format partitionTableType;
@@ -38,6 +71,15 @@ in
       default = "hybrid";
       description = "How the image boots: UEFI, BIOS, or both (hybrid GPT).";
     };
+    platform = lib.mkOption {
+      type = lib.types.enum ([ "generic" ] ++ lib.attrNames platforms);
+      default = "generic";
+      description = ''
+        "generic": this module's own qcow2 and raw images. A platform of
+        nixos/image-platforms.nix: that platform's nixpkgs module (imported beside this one) lays out
+        the image, and system.build.factoryImage.<platform> is its image, with the registration.
+      '';
+    };
     diskSize = lib.mkOption {
       type = lib.types.either (lib.types.enum [ "auto" ]) lib.types.ints.positive;
       default = "auto";
@@ -45,28 +87,49 @@ in
     };
   };
 
-  config = {
-    fileSystems."/" = {
-      device = "/dev/disk/by-label/nixos";
-      fsType = "ext4";
-    };
-    fileSystems."/boot" = lib.mkIf efi {
-      device = "/dev/disk/by-label/ESP";
-      fsType = "vfat";
-    };
+  config = lib.mkMerge [
+    {
+      assertions = [
+        {
+          assertion = platform != null -> cfg.boot == platform.boot;
+          message = "factory.image.boot is \"${cfg.boot}\", but the ${cfg.platform} image boots with \"${platform.boot or ""}\".";
+        }
+        {
+          assertion = platform != null -> platform.image == null || config.system.build ? ${platform.image or "x"};
+          message = "factory.image.platform = \"${cfg.platform}\" needs nixpkgs' ${platform.module or ""} imported beside images.nix.";
+        }
+      ];
+    }
 
-    boot.loader.grub = {
-      enable = true;
-      device = if bios then "/dev/vda" else "nodev";
-      efiSupport = efi;
-      efiInstallAsRemovable = efi;
-      extraConfig = ''
-        serial --unit=0 --speed=115200
-        terminal_input serial console
-        terminal_output serial console
-      '';
-    };
+    (lib.mkIf generic {
+      fileSystems."/" = {
+        device = "/dev/disk/by-label/nixos";
+        fsType = "ext4";
+      };
+      fileSystems."/boot" = lib.mkIf efi {
+        device = "/dev/disk/by-label/ESP";
+        fsType = "vfat";
+      };
 
-    system.build.factoryImage = lib.genAttrs [ "qcow2" "raw" ] image;
-  };
+      boot.loader.grub = {
+        enable = true;
+        device = if bios then "/dev/vda" else "nodev";
+        efiSupport = efi;
+        efiInstallAsRemovable = efi;
+        extraConfig = ''
+          serial --unit=0 --speed=115200
+          terminal_input serial console
+          terminal_output serial console
+        '';
+      };
+
+      system.build.factoryImage = lib.genAttrs [ "qcow2" "raw" ] image;
+    })
+
+    (lib.mkIf (!generic) {
+      system.build.factoryImage.${cfg.platform} =
+        if platform.image == null then openstackImage
+        else withRegistration config.system.build.${platform.image};
+    })
+  ];
 }

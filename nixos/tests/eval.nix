@@ -359,17 +359,30 @@ let
     image-qcow2-efi = factoryImage "efi" "qcow2" { };
     image-qcow2-bios = factoryImage "bios" "qcow2" { systemd = false; }; # the scripted stage 1
     image-raw = factoryImage "hybrid" "raw" { };
+    # nixpkgs' platform images (nixos/image-platforms.nix)
+    image-hyperv = platformImage "hyperv";
+    image-vmware = platformImage "vmware";
+    image-virtualbox = platformImage "virtualbox";
+    image-openstack = platformImage "openstack";
+    image-proxmox = platformImage "proxmox";
 
     # flake.nix's outputs, with this nixpkgs tree standing in for the nixpkgs input.
     flake =
       let
         nixpkgsFlake = (import (nixpkgs + "/flake.nix")).outputs { self = nixpkgsFlake // { outPath = nixpkgs; }; };
-        flake = (import ../../flake.nix).outputs { self = flake // { outPath = ../..; }; nixpkgs = nixpkgsFlake; };
+        flake = (import ../../flake.nix).outputs { self = flake // { outPath = ../..; }; nixpkgs = nixpkgsFlake // { outPath = nixpkgs; }; };
         factory = flake.nixosConfigurations.factory.extendModules { modules = [ evalFixes ]; };
       in
       assert check (lib.attrNames flake.nixosModules == [ "default" "factory-base" "factory-init" "images" "sync-config" ]) "nixosModules";
-      assert check (lib.attrNames flake.nixosConfigurations == [ "factory" "factory-bios" "factory-efi" ]) "nixosConfigurations";
+      assert check (lib.attrNames flake.nixosConfigurations == [ "factory" "factory-bios" "factory-efi" "factory-hyperv"
+        "factory-openstack" "factory-proxmox" "factory-virtualbox" "factory-vmware" ]) "nixosConfigurations";
+      # the seeds' eight image names (factory-base: the system the images carry)
+      assert check (lib.all (n: flake.packages.${system} ? ${n}) [ "factory-base" "factory-qcow" "factory-raw"
+        "factory-hyperv" "factory-vmware" "factory-virtualbox" "factory-openstack" "factory-proxmox" ]) "the eight image outputs";
       assert check (flake.packages.${system}.default.drvPath == flake.packages.${system}.factory-init.drvPath) "default package";
+      # a platform system as the flake composes it (nixpkgs' module by the input's path)
+      assert check (lib.hasSuffix ".drv" (flake.nixosConfigurations.factory-proxmox.extendModules { modules = [ evalFixes ]; })
+        .config.system.build.factoryImage.proxmox.drvPath) "factory-proxmox through the flake";
       factory.config.system.build.toplevel.drvPath;
 
     # ---- deliberate mistakes: each must fail ------------------------------------------------
@@ -416,6 +429,36 @@ let
     assert check (c.config.environment.etc ? "systemd/network/99-factory-dhcp.network") "the fallback .network file";
     assert check ((builtins.fromJSON embedded.source.text).branch == "main") "embedded config";
     assert check (c.config.boot.loader.grub.efiSupport == (boot != "bios")) "boot loader fits the image";
+    img.drvPath;
+
+  # A platform image: nixpkgs' module for it beside the factory layout. The checks are where the
+  # two could clash: the root factory-init switches to, the boot loader's disk (never the data
+  # disk), the ESP, the disk controller's driver in the initrd (factory-init finds the data disk on
+  # the same bus), and the registration nixpkgs' module does not copy in by itself.
+  platformImage = name:
+    let
+      p = (import ../image-platforms.nix).${name};
+      c = nixos [ ../factory-base.nix ../images.nix (nixpkgs + "/nixos/modules/${p.module}")
+        { factory.image = { platform = name; inherit (p) boot; }; } ];
+      cfg = c.config;
+      img = cfg.system.build.factoryImage.${name};
+      grub = cfg.boot.loader.grub;
+      efi = p.boot != "bios";
+      wrong = nixos [ ../factory-base.nix ../images.nix { factory.image.platform = name; } ];
+    in
+    assert check (cfg.boot.initrd.factoryInit.enable && cfg.boot.initrd.systemd.enable) "factory-init in systemd stage 1";
+    assert check (cfg.fileSystems."/".device == "/dev/disk/by-label/nixos" && cfg.fileSystems."/".fsType == "ext4") "root: the image's ext4 labelled nixos";
+    assert check (!(cfg.fileSystems ? "/persist") && !(cfg.fileSystems ? "/nix")) "the platform mounts neither /persist nor /nix";
+    assert check (grub.enable && grub.efiSupport == efi) "GRUB, EFI ${lib.boolToString efi}";
+    assert check (lib.all (d: d == "nodev" || lib.elem d [ "/dev/vda" "/dev/sda" ]) (grub.devices ++ [ grub.device ])) "the boot loader goes on the first disk, never the data disk";
+    assert check (efi == (cfg.fileSystems ? "/boot" && cfg.fileSystems."/boot".device == "/dev/disk/by-label/ESP")) "an ESP on /boot exactly with EFI";
+    assert check (lib.elem p.disk (cfg.boot.initrd.availableKernelModules ++ cfg.boot.initrd.kernelModules)) "${p.disk} in the initrd";
+    assert check (lib.elem "console=ttyS0,115200" cfg.boot.kernelParams) "serial console";
+    assert check (lib.hasInfix "/nix/nix-path-registration" (img.preVM or "")) "the image carries /nix/nix-path-registration";
+    assert check (lib.any (a: !a.assertion && lib.hasInfix "but the ${name} image boots with" a.message) wrong.config.assertions)
+      "images.nix refuses a boot mode the platform does not use";
+    assert check (p.image == null || lib.any (a: !a.assertion && lib.hasInfix "needs nixpkgs' ${p.module}" a.message) wrong.config.assertions)
+      "images.nix refuses a platform whose module is not imported";
     img.drvPath;
 in
 cases.${case} or (throw "unknown case ${case}; cases: ${lib.concatStringsSep " " (lib.attrNames cases)}")

@@ -9,22 +9,83 @@
 # systemd stage 1 is the main case, the scripted stage 1 keeps its cases while NixOS has it.
 # unit-render: nixos/render-unit renders nixos/factory-init.service.in to the very text the module
 # ships (the test initrd of qemu-tests uses render-unit).
-# Without NIXPKGS or nix-instantiate it prints SKIP and exits 0.
+#
+# The nixpkgs tree: $NIXPKGS, or else the NixOS 24.05 tarball of ../shared/nixos/ (beside the
+# clone), unpacked once into $FACTORY_INIT_CACHE (default ~/.cache/factory-init); with neither it
+# prints SKIP and exits 0.
+# The evaluator, NIXOS_CHECK_NIX:
+#   forky (default)  Debian forky's nix-instantiate (Nix 2.34), run in the cached forky tree of
+#                    qemu-tests/stack.sh (built when missing) in a private mount namespace: the
+#                    repo and nixpkgs are bound read-only at /tmp/repo and /tmp/nixpkgs, /nix and
+#                    /tmp are fresh tmpfs, so the cached tree is never written to. Falls back to
+#                    host (with a line saying so) when the tree cannot be had.
+#   host             the nix-instantiate on PATH (bookworm: Nix 2.8); SKIP when there is none.
+#   DIR              a Debian tree with nix-bin at DIR, as for forky.
 # NIXOS_CHECK_JOBS: evaluations run at once (default 2; each takes about 1-2 GB).
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
+cache=${FACTORY_INIT_CACHE:-$HOME/.cache/factory-init}
 
 if [ -z "${NIXPKGS:-}" ]; then
-    echo "SKIP: NIXPKGS not set (NIXPKGS=/path/to/a NixOS 24.05 nixpkgs tree; see README.md, NixOS)"
-    exit 0
-fi
-if ! command -v nix-instantiate >/dev/null 2>&1; then
-    echo "SKIP: nix-instantiate not found (Debian: apt-get install nix-bin)"
-    exit 0
+    tarball=$(ls "$repo"/../shared/nixos/nixpkgs-*.tar.zst 2>/dev/null | head -n 1)
+    if [ -z "$tarball" ]; then
+        echo "SKIP: NIXPKGS not set and no ../shared/nixos/nixpkgs-*.tar.zst (NIXPKGS=/path/to/a NixOS 24.05 nixpkgs tree; see README.md, NixOS)"
+        exit 0
+    fi
+    dir=$cache/$(basename "$tarball" .tar.zst)
+    if [ ! -e "$dir/nixpkgs/nixos/lib/eval-config.nix" ]; then
+        echo "nixos-check: unpacking $tarball into $dir"
+        rm -rf "$dir.tmp" && mkdir -p "$dir.tmp" &&
+            zstd -q -d --long=27 -c "$tarball" | tar -x -C "$dir.tmp" &&
+            rm -rf "$dir" && mv "$dir.tmp" "$dir" || { echo "FAIL: cannot unpack $tarball"; exit 1; }
+    fi
+    NIXPKGS=$dir/nixpkgs
 fi
 NIXPKGS=$(cd "$NIXPKGS" && pwd) || exit 1
+
+# nixi ARGS...: nix-instantiate in the chosen evaluator; nix_repo and nix_nixpkgs are the repo's
+# and the nixpkgs tree's paths as that evaluator sees them.
+nix_root=
+case ${NIXOS_CHECK_NIX:-forky} in
+    host) ;;
+    forky | trixie)
+        nix_root=$(sh "$repo/qemu-tests/stack.sh" -q tree "${NIXOS_CHECK_NIX:-forky}" | tail -n 1) ||
+            nix_root=
+        [ -x "$nix_root/usr/bin/nix-instantiate" ] ||
+            { echo "nixos-check: no ${NIXOS_CHECK_NIX:-forky} tree with nix-bin (qemu-tests/stack.sh tree); falling back to the host's nix-instantiate"; nix_root=; } ;;
+    *) nix_root=$NIXOS_CHECK_NIX
+       [ -x "$nix_root/usr/bin/nix-instantiate" ] ||
+           { echo "FAIL: NIXOS_CHECK_NIX=$nix_root has no usr/bin/nix-instantiate"; exit 1; } ;;
+esac
+if [ -n "$nix_root" ] && ! unshare -m true 2>/dev/null; then
+    echo "nixos-check: no private mount namespace here (unshare -m); falling back to the host's nix-instantiate"
+    nix_root=
+fi
+if [ -n "$nix_root" ]; then
+    nix_repo=/tmp/repo nix_nixpkgs=/tmp/nixpkgs
+    nixi() {
+        unshare -m sh -ec '
+            root=$1 repo=$2 nixpkgs=$3; shift 3
+            mount --make-rprivate /
+            mount -t tmpfs -o mode=0755 tmp "$root/tmp"
+            mount -t tmpfs -o mode=0755 nix "$root/nix"
+            mount -t proc proc "$root/proc"
+            mkdir "$root/tmp/repo" "$root/tmp/nixpkgs" "$root/tmp/home"
+            mount --bind "$repo" "$root/tmp/repo" && mount -o remount,bind,ro "$root/tmp/repo"
+            mount --bind "$nixpkgs" "$root/tmp/nixpkgs" && mount -o remount,bind,ro "$root/tmp/nixpkgs"
+            exec chroot "$root" env -i PATH=/usr/bin:/bin HOME=/tmp/home nix-instantiate "$@"
+        ' sh "$nix_root" "$repo" "$NIXPKGS" "$@"
+    }
+else
+    if ! command -v nix-instantiate >/dev/null 2>&1; then
+        echo "SKIP: nix-instantiate not found (Debian: apt-get install nix-bin)"
+        exit 0
+    fi
+    nix_repo=$repo nix_nixpkgs=$NIXPKGS
+    nixi() { nix-instantiate "$@"; }
+fi
 if [ ! -e "$NIXPKGS/nixos/lib/eval-config.nix" ]; then
     echo "FAIL: $NIXPKGS is not a nixpkgs tree (no nixos/lib/eval-config.nix)"
     exit 1
@@ -44,14 +105,15 @@ declare -A expect_error=(
 all_cases=(package systemd-overlay metrics systemd-bind systemd-keyfile systemd-cryptsetup kernel-modules
            without-scripted-options unit-render qemu-vm-store-off
            scripted-overlay scripted-off local-overlay-store
-           sync-config image-qcow2-efi image-qcow2-bios image-raw flake
+           sync-config image-qcow2-efi image-qcow2-bios image-raw
+           image-hyperv image-vmware image-virtualbox image-openstack image-proxmox flake
            mistake-store-mode mistake-key-in-config mistake-scripted-hook-with-systemd
            mistake-split-auto mistake-split-scripted mistake-luks-fight mistake-qemu-vm-store
            mistake-scripted-without-options)
 if [ $# -gt 0 ]; then cases=("$@"); else cases=(flake-parse "${all_cases[@]}"); fi
 
-version=$(nix-instantiate --eval --expr "(import $NIXPKGS/lib).version" 2>/dev/null | tr -d '"')
-echo "nixos-check: $(nix-instantiate --version), nixpkgs ${version:-?} at $NIXPKGS"
+version=$(nixi --eval --expr "(import $nix_nixpkgs/lib).version" 2>/dev/null | tr -d '"')
+echo "nixos-check: $(nixi --version)${nix_root:+ in $nix_root}, nixpkgs ${version:-?} at $NIXPKGS"
 
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
@@ -60,15 +122,15 @@ run_case() {    # case → $out/case.{log,rc,s}
     local c=$1 t0 rc
     t0=$(date +%s%3N)
     if [ "$c" = flake-parse ]; then
-        nix-instantiate --parse "$repo/flake.nix" >/dev/null 2>"$out/$c.log" &&
+        nixi --parse "$nix_repo/flake.nix" >/dev/null 2>"$out/$c.log" &&
             echo "flake.nix parses" >"$out/$c.log"
     elif [ "$c" = plan-modules ]; then
         plan_modules >"$out/$c.log" 2>&1
     elif [ "$c" = unit-render ]; then
         unit_render >"$out/$c.log" 2>&1
     else
-        nix-instantiate --eval --strict --readonly-mode "$here/eval.nix" \
-            --arg nixpkgs "$NIXPKGS" --argstr case "$c" >"$out/$c.log" 2>&1
+        nixi --eval --strict --readonly-mode "$nix_repo/nixos/tests/eval.nix" \
+            --arg nixpkgs "$nix_nixpkgs" --argstr case "$c" >"$out/$c.log" 2>&1
     fi
     rc=$?
     echo "$rc" >"$out/$c.rc"
@@ -98,8 +160,8 @@ if [ $# -eq 0 ] && [ -x "$factory_init" ]; then cases+=(plan-modules); fi
 # The unit the module ships (eval.nix's unit-text: its text and the values it was rendered with)
 # against nixos/render-unit's rendering of nixos/factory-init.service.in with the same values.
 unit_render() {
-    nix-instantiate --eval --strict --json --readonly-mode "$here/eval.nix" \
-        --arg nixpkgs "$NIXPKGS" --argstr case unit-text >"$out/unit-text.json" || return 1
+    nixi --eval --strict --json --readonly-mode "$nix_repo/nixos/tests/eval.nix" \
+        --arg nixpkgs "$nix_nixpkgs" --argstr case unit-text >"$out/unit-text.json" || return 1
     python3 - "$out/unit-text.json" "$here/../render-unit" <<'PY'
 import json, subprocess, sys
 d = json.load(open(sys.argv[1]))
