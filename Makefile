@@ -35,7 +35,7 @@ TESTS := test_log test_persist test_cmdline test_config test_plan test_status te
 
 SANITIZE := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 
-.PHONY: all static deps unit cli check nix-copy-check qemu-check demo bench format format-check clean fuzz \
+.PHONY: all static deps unit cli check nix-store-check qemu-check demo bench format format-check clean fuzz \
 	examples-check packages FORCE
 
 all: $(BUILD)/factory-init
@@ -148,13 +148,14 @@ examples-check: | $(PACKAGES_STAMP)
 nixos-check:
 	bash nixos/tests/eval.sh
 
-# The bind mode's copy engine on a store made by real Nix (qemu-tests/mknixstore.sh, forky's Nix
-# 2.34), compared name by name and by inode sharing, then checked by Nix itself (verify
-# --check-contents, the database, a build and a gc on the copy): qemu-tests/nix-copy-check.sh.
-nix-copy-check: $(BUILD)/factory-init
-	sh qemu-tests/nix-copy-check.sh $(BUILD)/factory-init
+# Nix itself on the /nix layouts of both store modes, with a store made by real Nix
+# (qemu-tests/mknixstore.sh, forky's Nix 2.34): bind (copy-store's copy compared name by name and
+# by inode sharing) and overlay (the module's local-overlay-store settings); in each, verify
+# --check-contents, the database, builds, gc and optimise: qemu-tests/nix-store-check.sh.
+nix-store-check: $(BUILD)/factory-init
+	sh qemu-tests/nix-store-check.sh $(BUILD)/factory-init
 
-check: unit cli fuzz nix-copy-check qemu-check examples-check nixos-check
+check: unit cli fuzz nix-store-check qemu-check examples-check nixos-check
 
 demo: $(BUILD)/factory-init.static
 	python3 qemu-tests/demo.py

@@ -355,8 +355,10 @@ in
       description = ''
         Make stage 2's Nix use its experimental local-overlay-store on the overlay (the factory
         store at /nix/.ro-store as the read-only lower store, /persist/nix/upper/store as the
-        upper layer), so Nix knows which paths belong to the factory image. Needs Nix 2.22 or
-        later; Nix commands must then run as root (the store setting applies to everyone).
+        upper layer), so Nix knows which paths belong to the factory image. Turns on the
+        experimental features local-overlay-store and read-only-local-store (the lower store is
+        opened read-only). Needs Nix 2.22 or later; Nix commands must then run as root (the
+        store setting applies to everyone).
       '';
     };
 
@@ -520,7 +522,8 @@ in
     # ---- stage 2: Nix on the new /nix ----------------------------------------------------
     (mkIf cfg.localOverlayStore {
       nix.settings = {
-        experimental-features = [ "local-overlay-store" ];
+        # the lower store is opened with read-only=true, itself experimental (Nix 2.19-2.34)
+        experimental-features = [ "local-overlay-store" "read-only-local-store" ];
         store = overlayStoreUrl;
       };
     })

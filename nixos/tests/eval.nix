@@ -327,7 +327,8 @@ let
         (check (lib.hasPrefix "local-overlay://?lower-store=local%3Freal%3D/nix/.ro-store/store" s.store
           && lib.hasInfix "upper-layer=/persist/nix/upper/store" s.store)
           "nix.settings.store is the local overlay store")
-        (check (lib.elem "local-overlay-store" s.experimental-features) "experimental feature on")
+        (check (lib.all (f: lib.elem f s.experimental-features) [ "local-overlay-store" "read-only-local-store" ])
+          "experimental features on: the overlay store, and the read-only lower store its URL opens")
         (check (!registers c) "the overlay store reads the factory database itself")
       ];
 
