@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #define _GNU_SOURCE
+#include "agekey.h"
 #include "enroll.h"
 #include "log.h"
 #include "modules.h"
@@ -11,11 +12,14 @@
 #include "util.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <getopt.h>
 #include <json-c/json.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/random.h>
+#include <time.h>
 #include <unistd.h>
 
 static void usage(FILE *f)
@@ -26,6 +30,7 @@ static void usage(FILE *f)
 	      "       factory-init enroll-tpm2 DEVICE [--pcrs=LIST] [--tpm2-device=SPEC]\n"
 	      "       factory-init tpm2-check DEVICE [TPM2-DEVICE]\n"
 	      "       factory-init status [--json] [FILE]\n"
+	      "       factory-init age-keygen [-o FILE] | -y [FILE]\n"
 	      "\n"
 	      "Stage 1 of a factory VM: finds the data disk, unlocks LUKS2, mounts Btrfs on\n"
 	      "/persist, lays an overlay over /nix, writes the vm.* config for stage 2 and\n"
@@ -47,6 +52,8 @@ static void usage(FILE *f)
 	      "  copy-store      copy a store tree as vm.store=bind does (SRC DST)\n"
 	      "  status          what stage 1 did this boot (" STATUS_FILE "):\n"
 	      "                  exit 0 persist, 1 fallback, 3 no record\n"
+	      "  age-keygen      a new age X25519 identity, as age-keygen writes it (-o FILE:\n"
+	      "                  0600, never over an existing file); -y: its recipient\n"
 	      "                  (factory-init enroll-tpm2 --help)\n"
 	      "\n"
 	      "Kernel command line: root= rootfstype= rootflags= ro rw rootwait[=N] init= panic= "
@@ -91,6 +98,134 @@ static int copy_store_main(int argc, char **argv)
 	       (unsigned long long)st.symlinks, (unsigned long long)st.hardlinks,
 	       (unsigned long long)st.kept, (unsigned long long)st.bytes,
 	       (unsigned long long)st.ms);
+	return 0;
+}
+
+/* The recipients of the identities in text (one AGE-SECRET-KEY-1 a line; '#' comments). */
+static int print_recipients(const char *text, size_t len, const char *from)
+{
+	int found = 0;
+	for (size_t i = 0; i < len;) {
+		size_t n = 0;
+		while (i + n < len && text[i + n] != '\n')
+			n++;
+		size_t m = n > 0 && text[i + n - 1] == '\r' ? n - 1 : n;
+		if (m > 0 && text[i] != '#') {
+			uint8_t scalar[AGEKEY_SIZE];
+			char rcpt[AGEKEY_RECIPIENT_LEN];
+			int r = agekey_parse_secret(text + i, m, scalar);
+			if (r == 0 && agekey_recipient(scalar, rcpt) < 0)
+				r = -EIO;
+			explicit_bzero(scalar, sizeof(scalar));
+			if (r < 0) {
+				fprintf(stderr,
+					"factory-init age-keygen: %s: not an age identity line\n",
+					from);
+				return 1;
+			}
+			puts(rcpt);
+			found++;
+		}
+		i += n + 1;
+	}
+	if (found == 0) {
+		fprintf(stderr, "factory-init age-keygen: %s: no identity\n", from);
+		return 1;
+	}
+	return 0;
+}
+
+/*
+ * factory-init age-keygen [-o FILE] | -y [FILE]: what age-keygen does, with the code stage 1 will
+ * use for a VM's host key. FILE is made 0600 with O_EXCL and never follows a link.
+ */
+static int age_keygen_main(int argc, char **argv)
+{
+	const char *out = NULL, *in = NULL;
+	bool recipients = false;
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "-o") == 0 && i + 1 < argc && out == NULL && !recipients) {
+			out = argv[++i];
+		} else if (strcmp(argv[i], "-y") == 0 && out == NULL && !recipients) {
+			recipients = true;
+		} else if (recipients && in == NULL && argv[i][0] != '-') {
+			in = argv[i];
+		} else {
+			bool help = strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0;
+			fputs("Usage: factory-init age-keygen [-o FILE]\n"
+			      "       factory-init age-keygen -y [FILE]\n"
+			      "Writes a new age X25519 identity (AGE-SECRET-KEY-1..., with its\n"
+			      "\"# public key: age1...\" line) to FILE (made 0600; an existing "
+			      "FILE is\n"
+			      "refused) or standard output; -y prints the recipients of the "
+			      "identities\n"
+			      "in FILE (or standard input).\n",
+			      help ? stdout : stderr);
+			return help ? 0 : 2;
+		}
+	}
+	if (recipients) {
+		_cleanup_secret_ struct secret text = {0};
+		int r = in ? secret_read_file(&text, in, 1 << 16)
+			   : secret_read_file(&text, "/dev/stdin", 1 << 16);
+		if (r < 0) {
+			fprintf(stderr, "factory-init age-keygen: cannot read %s: %s\n",
+				in ? in : "standard input", strerror(-r));
+			return 1;
+		}
+		return print_recipients(text.data, text.len, in ? in : "standard input");
+	}
+
+	uint8_t scalar[AGEKEY_SIZE];
+	char rcpt[AGEKEY_RECIPIENT_LEN];
+	_cleanup_secret_ struct secret text = {0};
+	char buf[256];
+	if (getrandom(scalar, sizeof(scalar), 0) != (ssize_t)sizeof(scalar)) {
+		fprintf(stderr, "factory-init age-keygen: getrandom: %s\n", strerror(errno));
+		return 1;
+	}
+	char skey[AGEKEY_SECRET_LEN];
+	agekey_secret(scalar, skey);
+	int k = agekey_recipient(scalar, rcpt);
+	explicit_bzero(scalar, sizeof(scalar));
+	if (k < 0) {
+		explicit_bzero(skey, sizeof(skey));
+		fputs("factory-init age-keygen: X25519 failed\n", stderr);
+		return 1;
+	}
+	time_t now = time(NULL);
+	struct tm tm;
+	char created[32];
+	strftime(created, sizeof(created), "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&now, &tm));
+	int n = snprintf(buf, sizeof(buf), "# created: %s\n# public key: %s\n%s\n", created, rcpt,
+			 skey);
+	explicit_bzero(skey, sizeof(skey));
+	int r = secret_set(&text, buf, (size_t)n);
+	explicit_bzero(buf, sizeof(buf));
+	if (r < 0)
+		return 1;
+
+	_cleanup_close_ int fd =
+	    out ? open(out, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600)
+		: dup(STDOUT_FILENO);
+	if (fd < 0) {
+		fprintf(stderr, "factory-init age-keygen: cannot create %s: %s\n",
+			out ? out : "standard output", strerror(errno));
+		return 1;
+	}
+	for (size_t done = 0; done < text.len;) {
+		ssize_t w = write(fd, text.data + done, text.len - done);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0 || (out && done + (size_t)w == text.len && fsync(fd) < 0)) {
+			fprintf(stderr, "factory-init age-keygen: cannot write %s: %s\n",
+				out ? out : "standard output", strerror(errno));
+			return 1;
+		}
+		done += (size_t)w;
+	}
+	if (out)
+		fprintf(stderr, "Public key: %s\n", rcpt);
 	return 0;
 }
 
@@ -144,6 +279,8 @@ int main(int argc, char **argv)
 		return copy_store_main(argc - 1, argv + 1);
 	if (argc > 1 && strcmp(argv[1], "status") == 0)
 		return status_main(argc - 1, argv + 1);
+	if (argc > 1 && strcmp(argv[1], "age-keygen") == 0)
+		return age_keygen_main(argc - 1, argv + 1);
 
 	enum { OPT_VERSION = 256, OPT_CMDLINE, OPT_CONFIG, OPT_PLAN, OPT_ROOT, OPT_KMODDIR };
 	static const struct option opts[] = {

@@ -84,5 +84,39 @@ check "status of garbage exits 3" test $? -eq 3
 "$bin" status --bogus >/dev/null 2>&1
 check "status with a bad option exits 2" test $? -eq 2
 
+# age-keygen: a new identity; Debian's age reads it both ways
+"$bin" age-keygen -o "$tmp/host.agekey" 2>"$tmp/age.err"
+check "age-keygen -o exits 0" test $? -eq 0
+check "age-keygen -o makes the file 0600" test "$(stat -c %a "$tmp/host.agekey")" = 600
+check "age-keygen writes age-keygen's three lines" python3 -c '
+import re, sys
+l = open(sys.argv[1]).read().splitlines()
+assert len(l) == 3 and re.fullmatch(r"# created: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", l[0]), l
+assert re.fullmatch(r"# public key: age1[02-9ac-hj-np-z]{58}", l[1]), l
+assert re.fullmatch(r"AGE-SECRET-KEY-1[02-9AC-HJ-NP-Z]{58}", l[2]), l' "$tmp/host.agekey"
+rcpt=$(sed -n 's/^# public key: //p' "$tmp/host.agekey")
+check "age-keygen -o prints the recipient on stderr" grep -qx "Public key: $rcpt" "$tmp/age.err"
+check "age-keygen -y gives the recipient it wrote" test "$("$bin" age-keygen -y "$tmp/host.agekey")" = "$rcpt"
+"$bin" age-keygen -o "$tmp/host.agekey" 2>/dev/null
+check "age-keygen -o refuses an existing file" test $? -eq 1
+ln -s "$tmp/elsewhere" "$tmp/link.agekey"
+"$bin" age-keygen -o "$tmp/link.agekey" 2>/dev/null
+rc=$?
+check "age-keygen -o does not follow a link" test "$rc" -eq 1 -a ! -e "$tmp/elsewhere"
+printf 'AGE-SECRET-KEY-1QQQ\n' >"$tmp/bad.agekey"
+"$bin" age-keygen -y "$tmp/bad.agekey" >/dev/null 2>&1
+check "age-keygen -y refuses a malformed identity" test $? -eq 1
+"$bin" age-keygen -x >/dev/null 2>&1
+check "age-keygen with a bad option exits 2" test $? -eq 2
+if command -v age-keygen >/dev/null && command -v age >/dev/null; then
+	check "Debian's age-keygen -y agrees on our identity" test "$(age-keygen -y "$tmp/host.agekey")" = "$rcpt"
+	age-keygen -o "$tmp/theirs.agekey" 2>/dev/null
+	check "our -y agrees on Debian's identity" test "$("$bin" age-keygen -y "$tmp/theirs.agekey")" = "$(age-keygen -y "$tmp/theirs.agekey")"
+	check "Debian's age encrypts to our recipient, decrypts with our identity" \
+		test "$(echo fleet-secret | age -r "$rcpt" | age -d -i "$tmp/host.agekey")" = fleet-secret
+else
+	bad "Debian's age and age-keygen are missing (apt-get install age)"
+fi
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
