@@ -41,19 +41,8 @@ let
     then lib.overrideDerivation img (old: { preVM = lib.replaceStrings empty filled old.preVM; })
     else throw "factory.image: nixpkgs' make-disk-image no longer prepares contents as images.nix expects; cannot add /nix/nix-path-registration to the ${cfg.platform} image";
 
-  # OpenStack: nixpkgs' openstack-image.nix, without the channel.
-  openstackImage = import (modulesPath + "/../lib/make-disk-image.nix") {
-    inherit config lib pkgs;
-    name = "factory-image-openstack";
-    format = "qcow2";
-    additionalSpace = "1024M";
-    copyChannel = false;
-    contents = [
-      { source = "${registration}/registration"; target = "/nix/nix-path-registration"; }
-    ];
-  };
-
-  image = format: import (modulesPath + "/../lib/make-disk-image.nix") {
+  # make-disk-image with the registration; extra: arguments of one image's own.
+  image = format: extra: import (modulesPath + "/../lib/make-disk-image.nix") ({
     inherit config lib pkgs format partitionTableType;
     inherit (cfg) diskSize;
     name = "factory-image-${cfg.boot}-${format}";
@@ -62,7 +51,10 @@ let
     contents = [
       { source = "${registration}/registration"; target = "/nix/nix-path-registration"; }
     ];
-  };
+  } // extra);
+
+  # OpenStack: as nixpkgs' openstack-image.nix (qcow2, 1 GiB to spare), without the channel.
+  openstackImage = image "qcow2" { name = "factory-image-openstack"; additionalSpace = "1024M"; };
 in
 {
   options.factory.image = {
@@ -123,7 +115,7 @@ in
         '';
       };
 
-      system.build.factoryImage = lib.genAttrs [ "qcow2" "raw" ] image;
+      system.build.factoryImage = lib.genAttrs [ "qcow2" "raw" ] (format: image format { });
     })
 
     (lib.mkIf (!generic) {
