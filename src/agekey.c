@@ -65,7 +65,6 @@ int bech32_encode(const char *hrp, const uint8_t *data, size_t len, char *out, s
 	for (int i = 0; i < 6; i++)
 		*p++ = CHARSET[(c >> (5 * (5 - i))) & 31];
 	*p = '\0';
-	acc = 0;
 	return (int)(p - out);
 }
 
@@ -107,9 +106,7 @@ int bech32_decode(const char *hrp, const char *text, size_t len, uint8_t *data, 
 			data[n++] = (uint8_t)(acc >> bits);
 		}
 	}
-	int r = (c == 1 && bits < 5 && (acc & ((1u << bits) - 1)) == 0) ? (int)n : -EINVAL;
-	acc = 0;
-	return r;
+	return (c == 1 && bits < 5 && (acc & ((1u << bits) - 1)) == 0) ? (int)n : -EINVAL;
 }
 
 int agekey_recipient(const uint8_t scalar[AGEKEY_SIZE], char out[AGEKEY_RECIPIENT_LEN])

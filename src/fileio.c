@@ -133,7 +133,7 @@ static void random_name_chars(char *out, size_t n)
 		out[i] = chars[rnd[i] % (sizeof(chars) - 1)];
 }
 
-static int write_all(int fd, const void *data, size_t len)
+int write_all(int fd, const void *data, size_t len)
 {
 	const char *p = data;
 	while (len > 0) {
@@ -142,6 +142,8 @@ static int write_all(int fd, const void *data, size_t len)
 			continue;
 		if (n < 0)
 			return -errno;
+		if (n == 0)
+			return -EIO; /* no progress (a console that takes nothing): never spin */
 		p += n;
 		len -= (size_t)n;
 	}

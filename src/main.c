@@ -166,14 +166,14 @@ static int age_keygen_main(int argc, char **argv)
 	}
 	if (recipients) {
 		_cleanup_secret_ struct secret text = {0};
-		int r = in ? secret_read_file(&text, in, 1 << 16)
-			   : secret_read_file(&text, "/dev/stdin", 1 << 16);
+		const char *from = in ? in : "standard input";
+		int r = secret_read_file(&text, in ? in : "/dev/stdin", 1 << 16);
 		if (r < 0) {
-			fprintf(stderr, "factory-init age-keygen: cannot read %s: %s\n",
-				in ? in : "standard input", strerror(-r));
+			fprintf(stderr, "factory-init age-keygen: cannot read %s: %s\n", from,
+				strerror(-r));
 			return 1;
 		}
-		return print_recipients(text.data, text.len, in ? in : "standard input");
+		return print_recipients(text.data, text.len, from);
 	}
 
 	uint8_t scalar[AGEKEY_SIZE];
@@ -213,16 +213,13 @@ static int age_keygen_main(int argc, char **argv)
 			out ? out : "standard output", strerror(errno));
 		return 1;
 	}
-	for (size_t done = 0; done < text.len;) {
-		ssize_t w = write(fd, text.data + done, text.len - done);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0 || (out && done + (size_t)w == text.len && fsync(fd) < 0)) {
-			fprintf(stderr, "factory-init age-keygen: cannot write %s: %s\n",
-				out ? out : "standard output", strerror(errno));
-			return 1;
-		}
-		done += (size_t)w;
+	int w = write_all(fd, text.data, text.len);
+	if (w == 0 && out && fsync(fd) < 0)
+		w = -errno;
+	if (w < 0) {
+		fprintf(stderr, "factory-init age-keygen: cannot write %s: %s\n",
+			out ? out : "standard output", strerror(-w));
+		return 1;
 	}
 	if (out)
 		fprintf(stderr, "Public key: %s\n", rcpt);

@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 /* Console passphrase prompt: a pure line editor and the terminal I/O around it. */
 #include "passphrase.h"
+#include "util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -93,19 +94,6 @@ enum pp_state pp_editor_feed(struct pp_editor *e, unsigned char c)
 	return e->state;
 }
 
-static void write_all(int fd, const char *s, size_t len)
-{
-	while (len > 0) {
-		ssize_t n = write(fd, s, len);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return; /* nothing useful to do about a console that does not take output */
-		s += n;
-		len -= (size_t)n;
-	}
-}
-
 /* The last line ended with CR: its LF (if the terminal sends CR LF) may still come. */
 static bool pending_lf;
 
@@ -127,7 +115,7 @@ int passphrase_ask_fd(int in, int outfd, const char *prompt, unsigned timeout_s,
 			restore = true;
 	}
 
-	write_all(outfd, prompt, strlen(prompt));
+	(void)write_all(outfd, prompt, strlen(prompt)); /* a console that takes nothing: go on */
 
 	struct pp_editor e;
 	pp_editor_init(&e, pending_lf);
@@ -170,7 +158,7 @@ int passphrase_ask_fd(int in, int outfd, const char *prompt, unsigned timeout_s,
 	if (restore)
 		(void)tcsetattr(in, TCSAFLUSH, &saved);
 	/* The Enter that ended the line was not echoed. */
-	write_all(outfd, "\n", 1);
+	(void)write_all(outfd, "\n", 1);
 
 	if (r == 0) {
 		switch (e.state) {
