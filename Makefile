@@ -72,11 +72,18 @@ STATIC_CFLAGS := -Os -std=gnu17 $(WARN) -DFACTORY_INIT_VERSION='"$(VERSION)"' \
 
 static: $(BUILD)/factory-init.static
 
-$(BUILD)/factory-init.static: $(addprefix src/,$(SRC)) src/*.h Makefile $(DEPS_PREFIX_FILE)
-	@mkdir -p $(BUILD)
+STATIC_OBJ := $(addprefix $(BUILD)/static-obj/,$(SRC:.c=.o))
+
+$(BUILD)/static-obj/%.o: src/%.c src/*.h Makefile $(DEPS_PREFIX_FILE)
+	@mkdir -p $(BUILD)/static-obj
+	$(CC) $(STATIC_CFLAGS) -I$$(cat $(DEPS_PREFIX_FILE))/include -c -o $@ $<
+
+# symbol-clash.sh first: a global of ours that an archive also defines would silently replace
+# the archive's inside the library (see the script).
+$(BUILD)/factory-init.static: $(STATIC_OBJ) src/deps/symbol-clash.sh
 	P=$$(cat $(DEPS_PREFIX_FILE)); \
-	$(CC) $(STATIC_CFLAGS) -I$$P/include -static -Wl,--gc-sections -o $@ \
-		$(addprefix src/,$(SRC)) $$(cat $$P/static-ldflags)
+	bash src/deps/symbol-clash.sh $$P/static-ldflags $(STATIC_OBJ) && \
+	$(CC) -static -Wl,--gc-sections -o $@ $(STATIC_OBJ) $$(cat $$P/static-ldflags)
 	strip $@
 	@file $@ | grep -q 'statically linked' || { echo "$@ is not statically linked"; exit 1; }
 	@echo "$@: $$(stat -c %s $@) bytes, stripped, statically linked"

@@ -133,7 +133,7 @@ static void random_name_chars(char *out, size_t n)
 		out[i] = chars[rnd[i] % (sizeof(chars) - 1)];
 }
 
-int write_all(int fd, const void *data, size_t len)
+int fd_write_all(int fd, const void *data, size_t len)
 {
 	const char *p = data;
 	while (len > 0) {
@@ -172,7 +172,7 @@ int write_file_atomic_at(int dirfd, const char *name, const void *data, size_t l
 	}
 	if (fd < 0)
 		return -EEXIST;
-	int r = write_all(fd, data, len);
+	int r = fd_write_all(fd, data, len);
 	/* The mode asked for, whatever the umask. */
 	if (r == 0 && fchmod(fd, mode & 07777) < 0)
 		r = -errno;

@@ -213,7 +213,7 @@ static int age_keygen_main(int argc, char **argv)
 			out ? out : "standard output", strerror(errno));
 		return 1;
 	}
-	int w = write_all(fd, text.data, text.len);
+	int w = fd_write_all(fd, text.data, text.len);
 	if (w == 0 && out && fsync(fd) < 0)
 		w = -errno;
 	if (w < 0) {

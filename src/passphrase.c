@@ -115,7 +115,7 @@ int passphrase_ask_fd(int in, int outfd, const char *prompt, unsigned timeout_s,
 			restore = true;
 	}
 
-	(void)write_all(outfd, prompt, strlen(prompt)); /* a console that takes nothing: go on */
+	(void)fd_write_all(outfd, prompt, strlen(prompt)); /* a console that takes nothing: go on */
 
 	struct pp_editor e;
 	pp_editor_init(&e, pending_lf);
@@ -158,7 +158,7 @@ int passphrase_ask_fd(int in, int outfd, const char *prompt, unsigned timeout_s,
 	if (restore)
 		(void)tcsetattr(in, TCSAFLUSH, &saved);
 	/* The Enter that ended the line was not echoed. */
-	(void)write_all(outfd, "\n", 1);
+	(void)fd_write_all(outfd, "\n", 1);
 
 	if (r == 0) {
 		switch (e.state) {

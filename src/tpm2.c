@@ -76,12 +76,14 @@ static int tpm_open(const char *spec, struct tpm *t, char *why, size_t why_len)
 	int r = -ENODEV;
 	memset(t, 0, sizeof(*t));
 	if (!spec) {
+		bool seen = false;
 		for (size_t i = 0; i < ARRAY_SIZE(tpm_devices) && !t->tcti; i++)
 			if (access(tpm_devices[i], R_OK | W_OK) == 0) {
+				seen = true;
 				r = tcti_init(Tss2_Tcti_Device_Init, tpm_devices[i], t);
 				snprintf(t->name, sizeof(t->name), "%s", tpm_devices[i]);
 			}
-		if (!t->tcti && r == -ENODEV) {
+		if (!seen) {
 			snprintf(why, why_len, "no TPM2 (neither /dev/tpmrm0 nor /dev/tpm0)");
 			return -ENODEV;
 		}

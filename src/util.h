@@ -76,7 +76,7 @@ int fsync_dir(const char *path);
 int write_file_atomic_at(int dirfd, const char *name, const void *data, size_t len, unsigned mode);
 /* Writes all len bytes of data to fd, through short writes and EINTR. Returns 0 or a negative
  * errno (-EIO when write(2) makes no progress). */
-int write_all(int fd, const void *data, size_t len);
+int fd_write_all(int fd, const void *data, size_t len);
 /* write_file_atomic_at in the directory of path. */
 int write_file_atomic(const char *path, const void *data, size_t len, unsigned mode);
 /* Opens the directory that holds path ("." when it has no '/') and points *name at its last
