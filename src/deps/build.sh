@@ -13,6 +13,8 @@
 #                             libdevmapper, libkmod, tss2/)
 #   lib/*.a                   static archives built here
 #   lib/pkgconfig/*.pc        pkg-config files (use with --static)
+#   bin/mkfs.btrfs            static, stripped mkfs.btrfs (btrfs-progs, linked
+#                             against this prefix's libblkid/libuuid)
 #   static-ldflags            link flags in a working order (for -static)
 #   static-cflags             matching compile flags
 #   versions                  what went into this prefix
@@ -41,6 +43,7 @@ PINS=(
     "cryptsetup=2:2.6.1-4~deb12u2"
     "kmod=30+20221128-1"
     "tpm2-tss=4.1.3-1.2"          # from trixie: bookworm's 3.2.1 tarballs 404
+    "btrfs-progs=6.2-1+deb12u2"   # only mkfs.btrfs
 )
 DEBIAN_MIRROR=http://deb.debian.org/debian
 DEBIAN_SECURITY=http://deb.debian.org/debian-security
@@ -354,6 +357,25 @@ prep_cryptsetup() {    # independent of the other packages
     autoreconf -fi     # Debian's orig tarball is a git export without configure
 }
 
+prep_btrfs_progs() {   # independent of the other packages
+    unpack btrfs-progs; cd "$WORK/btrfs-progs"
+    ./autogen.sh       # the tarball's configure wants include/config.h.in
+}
+
+build_btrfs_progs() {  # needs util-linux in $STAGE; builds only mkfs.btrfs
+    cd "$WORK/btrfs-progs"
+    # libblkid/libuuid from $STAGE (pkg-config --static); zlib and zstd are
+    # Debian's (configure insists on them, mkfs.btrfs does not link them).
+    PKG_CONFIG_PATH="$STAGE/lib/pkgconfig" \
+    ./configure "${DIRS[@]}" \
+        --disable-shared --disable-documentation --disable-convert \
+        --disable-zoned --disable-python --disable-libudev --disable-backtrace \
+        --disable-lzo --with-crypto=builtin
+    make V=1 mkfs.btrfs.static
+    install -D -m 755 mkfs.btrfs.static "$STAGE/bin/mkfs.btrfs"
+    strip "$STAGE/bin/mkfs.btrfs"
+}
+
 build_cryptsetup() {   # needs util-linux and lvm2 in $STAGE
     cd "$WORK/cryptsetup"
     PKG_CONFIG_PATH="$STAGE/lib/pkgconfig" \
@@ -374,22 +396,29 @@ start lvm2 5 build_lvm2
 start cryptsetup-prep 5 prep_cryptsetup
 start kmod 10 build_kmod
 start tpm2-tss 0 build_tpm2_tss
+start btrfs-progs-prep 5 prep_btrfs_progs
 finish_job util-linux lvm2 cryptsetup-prep
 start cryptsetup 0 build_cryptsetup
-finish_job cryptsetup kmod tpm2-tss
+finish_job btrfs-progs-prep
+start btrfs-progs 5 build_btrfs_progs
+finish_job cryptsetup kmod tpm2-tss btrfs-progs
 
 # ---- finish the prefix ------------------------------------------------------
 finish_prefix() {
     cd "$STAGE"
     rm -f lib/*.la
-    rm -rf bin sbin share etc var
+    rm -rf sbin share etc var
+    # bin/ holds only what we built on purpose
+    [ -x bin/mkfs.btrfs ] || { echo "bin/mkfs.btrfs missing"; exit 1; }
+    find bin -mindepth 1 -maxdepth 1 ! -name mkfs.btrfs -exec rm -rf {} +
     # no -g was used, but some build systems add it: keep the archives lean
     strip --strip-debug lib/*.a
     # .pc files: point at the final prefix
     sed -i "s|$STAGE|$PREFIX|g" lib/pkgconfig/*.pc
     # no archive may carry the temporary prefix (it would be a path in the initrd)
-    if grep -l -F "$STAGE" lib/*.a; then echo "temporary prefix baked into archives"; exit 1; fi
-    if grep -l -F "$WORK" lib/*.a; then echo "build directory baked into archives"; exit 1; fi
+    if grep -l -F "$STAGE" lib/*.a bin/*; then echo "temporary prefix baked into archives/bin"; exit 1; fi
+    if grep -l -F "$WORK" lib/*.a bin/*; then echo "build directory baked into archives/bin"; exit 1; fi
+    if readelf -l bin/mkfs.btrfs | grep -q INTERP; then echo "bin/mkfs.btrfs is not static"; exit 1; fi
 
     pcq() { PKG_CONFIG_PATH="$STAGE/lib/pkgconfig" pkg-config "$@" "${PC_MODULES[@]}"; }
     # Our -L first (so these archives win over Debian's libblkid.a/libuuid.a),
@@ -452,6 +481,7 @@ EOF
         printf 'source %s\n' "${PINS[@]}"
         dpkg-query -W -f='system ${Package}=${Version}\n' "${BUILD_DEPS[@]}"
         echo "gcc $(gcc -dumpfullversion)"
+        echo "bin/mkfs.btrfs: $(bin/mkfs.btrfs --version) (static; no lzo, zoned, udev)"
     } >versions
 }
 start finish 0 finish_prefix
