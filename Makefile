@@ -22,16 +22,16 @@ LIBS := -lpthread -lblkid -lmount -lcryptsetup -lkmod -ljson-c -ltss2-esys -ltss
 DEV_TCTI := -DHAVE_TCTI_SWTPM -DHAVE_TCTI_MSSIM
 DEV_TCTI_LIBS := -ltss2-tcti-swtpm -ltss2-tcti-mssim
 
-SRC := util.c agekey.c fileio.c log.c beneath.c persist.c cmdline.c config.c network.c metrics.c plan.c status.c statusview.c candidates.c devices.c modules.c unlock.c mounts.c \
+SRC := util.c agekey.c fileio.c log.c beneath.c persist.c cmdline.c config.c network.c metrics.c plan.c status.c statusview.c candidates.c devices.c modules.c unlock.c mounts.c provision.c blank.c \
 	switchroot.c tpm2.c pinkdf.c askpw.c base64.c credentials.c credentials_read.c passphrase.c token.c tpm2_policy.c enroll.c seed.c stage1.c main.c
 # The pure files: parsers, the planner, the decisions and the records. No system calls (secrets'
 # mlock aside): what the fuzzers link, and every unit test.
-PURE := util.c agekey.c cmdline.c config.c network.c metrics.c plan.c status.c statusview.c candidates.c base64.c credentials.c token.c \
+PURE := util.c agekey.c blank.c cmdline.c config.c network.c metrics.c plan.c status.c statusview.c candidates.c base64.c credentials.c token.c \
 	tpm2_policy.c
 # The system code the unit tests also run, on the host, in temporary directories and ptys.
 HOST_TESTED := fileio.c log.c beneath.c persist.c devices.c credentials_read.c passphrase.c seed.c \
 	pinkdf.c askpw.c
-TESTS := test_log test_persist test_cmdline test_config test_plan test_status test_devices test_credentials test_passphrase test_token test_tpm2_policy test_seed test_pinkdf test_askpw test_statusview test_network test_metrics test_agekey
+TESTS := test_log test_persist test_cmdline test_config test_plan test_status test_devices test_credentials test_passphrase test_token test_tpm2_policy test_seed test_pinkdf test_askpw test_statusview test_network test_metrics test_agekey test_blank
 
 SANITIZE := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 

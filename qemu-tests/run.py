@@ -25,6 +25,7 @@ This file is only the command line.  The scenarios live in modules by concern:
     scenarios_store.py    bind-*, refresh-*
     scenarios_tools.py    data-disk-tool*
     scenarios_hostile.py  hostile-*, stranger-plain-disk, two-luks-disks
+    scenarios_provision.py provision-* (vm.persist.provision)
 
 They register when imported below; the order of the imports, then the order in each file, is
 the order the scenarios run in and ``--list`` shows.
@@ -61,6 +62,7 @@ import scenarios_unlock  # noqa: E402,F401
 import scenarios_store  # noqa: E402,F401
 import scenarios_tools  # noqa: E402,F401
 import scenarios_hostile  # noqa: E402,F401
+import scenarios_provision  # noqa: E402,F401
 import scenarios_systemd  # noqa: E402,F401
 import scenarios_sdinitrd  # noqa: E402,F401
 

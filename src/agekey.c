@@ -1,12 +1,15 @@
 /* SPDX-License-Identifier: MIT */
 /* age X25519 identities and their Bech32 text forms: see agekey.h. */
 #include "agekey.h"
+#include "util.h"
 
 #include <ctype.h>
 #include <errno.h>
 #include <mbedtls/ecp.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 static const char CHARSET[] = "qpzry9x8gf2tvdw0s3jn54khce6mua7l";
 
@@ -151,6 +154,25 @@ int agekey_parse_secret(const char *text, size_t len, uint8_t scalar[AGEKEY_SIZE
 	int r = n == AGEKEY_SIZE ? 0 : -EINVAL;
 	if (r == 0)
 		memcpy(scalar, buf, AGEKEY_SIZE);
+	explicit_bzero(buf, sizeof(buf));
+	return r;
+}
+
+int agekey_identity_file(const uint8_t scalar[AGEKEY_SIZE], long long created_unix,
+			 struct secret *out, char rcpt[AGEKEY_RECIPIENT_LEN])
+{
+	if (agekey_recipient(scalar, rcpt) < 0)
+		return -EIO;
+	char skey[AGEKEY_SECRET_LEN], buf[256], created[32];
+	time_t t = (time_t)created_unix;
+	struct tm tm;
+	if (!gmtime_r(&t, &tm) || !strftime(created, sizeof(created), "%Y-%m-%dT%H:%M:%SZ", &tm))
+		strcpy(created, "1970-01-01T00:00:00Z");
+	agekey_secret(scalar, skey);
+	int n = snprintf(buf, sizeof(buf), "# created: %s\n# public key: %s\n%s\n", created, rcpt,
+			 skey);
+	explicit_bzero(skey, sizeof(skey));
+	int r = secret_set(out, buf, (size_t)n);
 	explicit_bzero(buf, sizeof(buf));
 	return r;
 }

@@ -33,6 +33,15 @@ void agekey_secret(const uint8_t scalar[AGEKEY_SIZE], char out[AGEKEY_SECRET_LEN
  */
 int agekey_parse_secret(const char *text, size_t len, uint8_t scalar[AGEKEY_SIZE]);
 
+struct secret;
+/*
+ * The identity file as age-keygen writes it ("# created: <UTC>", "# public key: age1...", the
+ * identity), into out (key material), and the recipient into rcpt. Returns 0, -EIO (mbedTLS) or
+ * -ENOMEM.
+ */
+int agekey_identity_file(const uint8_t scalar[AGEKEY_SIZE], long long created_unix,
+			 struct secret *out, char rcpt[AGEKEY_RECIPIENT_LEN]);
+
 /*
  * Bech32 (BIP 173, checksum constant 1: age uses Bech32, not Bech32m) of data under the
  * human-readable part hrp (lower case), in lower case, without the 90-character limit (age's keys

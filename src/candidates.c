@@ -15,7 +15,7 @@ static bool is_persist_type(const char *type)
 	return strcmp(type, "crypto_LUKS") == 0 || strcmp(type, "btrfs") == 0;
 }
 
-static bool tag_matches(const char *spec, const struct blockdev *d)
+bool blockdev_tag_matches(const char *spec, const struct blockdev *d)
 {
 	static const struct {
 		const char *tag;
@@ -49,7 +49,7 @@ int devices_choose(const struct dev_spec *spec, const struct blockdev *devs, siz
 			hit = strcmp(d->devname, spec->spec) == 0;
 			break;
 		case PERSIST_TAG:
-			hit = tag_matches(spec->spec, d);
+			hit = blockdev_tag_matches(spec->spec, d);
 			break;
 		case PERSIST_AUTO:
 			hit = is_persist_type(d->type) &&
@@ -79,7 +79,7 @@ static bool spec_names(const struct dev_spec *spec, const struct blockdev *d)
 	case PERSIST_PATH:
 		return strcmp(d->devname, spec->spec) == 0;
 	case PERSIST_TAG:
-		return tag_matches(spec->spec, d);
+		return blockdev_tag_matches(spec->spec, d);
 	case PERSIST_AUTO:
 		return is_persist_type(d->type) && strcmp(d->label, DEFAULT_PERSIST_LABEL) == 0;
 	}
@@ -126,6 +126,14 @@ size_t devices_candidates(const struct dev_spec *spec, bool require_luks,
 				 "systemd-cryptsetup; vm.persist.opened=/dev/mapper/NAME uses that "
 				 "mapping); left untouched",
 				 c->dev.holder);
+		} else if (strcmp(c->dev.type, "crypto_LUKS") == 0 &&
+			   strcmp(c->dev.label, PROVISIONAL_LABEL) == 0) {
+			/* Half made by us: no file system worth mounting, no data to lose. */
+			c->verdict = CAND_REFUSED;
+			snprintf(c->detail, sizeof(c->detail),
+				 "is a disk factory-init began to provision and did not finish "
+				 "(LUKS2 label " PROVISIONAL_LABEL
+				 "): vm.persist.provision makes it anew; left untouched");
 		} else if (strcmp(c->dev.type, "crypto_LUKS") == 0 ||
 			   (strcmp(c->dev.type, "btrfs") == 0 && !require_luks)) {
 			c->verdict = CAND_TRY;

@@ -12,6 +12,10 @@
 #include <stddef.h>
 #include <sys/types.h>
 
+/* The LUKS2 label of a disk factory-init is still provisioning (blank.h): no other tool writes it,
+ * and "persist" replaces it only once the disk is complete. A disk with it is ours, unfinished. */
+#define PROVISIONAL_LABEL "factory-init-unfinished"
+
 struct blockdev {
 	char devname[64];    /* /dev/vdb */
 	char type[32];	     /* blkid TYPE: crypto_LUKS, btrfs, ext4, ... ("" if none) */
@@ -68,6 +72,10 @@ const char *cand_verdict_name(enum cand_verdict v);
  */
 size_t devices_candidates(const struct dev_spec *spec, bool require_luks,
 			  const struct blockdev *devs, size_t n, struct persist_candidates *out);
+
+/* Pure: does d carry the tag spec names (LABEL=, UUID=, PARTUUID=, PARTLABEL=; UUIDs in any
+ * case)? */
+bool blockdev_tag_matches(const char *spec, const struct blockdev *d);
 
 /* Pure: does the spec need partition entry details? */
 bool devices_spec_needs_partitions(const struct dev_spec *spec);

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #define _GNU_SOURCE
 #include "config.h"
+#include "tpm2_policy.h"
 #include "network.h"
 #include "util.h"
 
@@ -236,6 +237,13 @@ static int check_opened(const char *v, char *why, size_t why_len)
 	return 0;
 }
 
+/* A PCR list as enroll-tpm2 --pcrs takes it ("7+15:sha256=HEX", "" for none). */
+static int check_pcrs(const char *v, char *why, size_t why_len)
+{
+	struct pcr_spec spec;
+	return pcr_spec_parse(v, &spec, why, why_len);
+}
+
 static int check_network(const char *v, char *why, size_t why_len)
 {
 	struct net_static n;
@@ -252,6 +260,8 @@ static const struct vm_key known_keys[] = {
     {"persist.options", VM_KEY_CONTROL, check_mount_options},
     {"persist.encrypted", VM_KEY_CONTROL, check_encrypted},
     {"persist.opened", VM_KEY_CONTROL, check_opened},
+    {"persist.provision", VM_KEY_FLAG, check_flag},
+    {"persist.provision.pcrs", VM_KEY_CONTROL, check_pcrs},
     {"store", VM_KEY_CONTROL, check_store},
     {"luks.key", VM_KEY_SECRET, check_key},
     {"luks.keyfile", VM_KEY_CONTROL, check_abs_path},

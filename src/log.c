@@ -171,14 +171,30 @@ static bool write_kmsg(int prio, const char *msg, size_t len)
 	return ok;
 }
 
+static void log_vmsg(int prio, bool always_console, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
+
 void log_msg(int prio, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	log_vmsg(prio, false, fmt, ap);
+	va_end(ap);
+}
+
+void log_announce(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	log_vmsg(LOG_NOTICE, true, fmt, ap);
+	va_end(ap);
+}
+
+static void log_vmsg(int prio, bool always_console, const char *fmt, va_list ap)
 {
 	int saved = errno;
 	char msg[LOG_MSG_MAX];
-	va_list ap;
-	va_start(ap, fmt);
 	int n = vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
 	size_t len = n < 0 ? 0 : strlen(msg);
 	if (n >= (int)sizeof(msg)) /* cut off: not in the middle of a character */
 		len = utf8_trim_partial(msg, len);
@@ -191,7 +207,7 @@ void log_msg(int prio, const char *fmt, ...)
 	bool echoed = false;
 	if (kmsg_fd >= 0 && prio <= kmsg_level && write_kmsg(prio, msg, len))
 		echoed = prio < kernel_console_level; /* the kernel prints it on the console */
-	if (prio <= console_level && !echoed) {
+	if ((prio <= console_level || always_console) && !echoed) {
 		/* The console takes the whole line, in one write. */
 		const char *pre = prefix(prio);
 		struct iovec iov[] = {

@@ -43,6 +43,9 @@ void log_set_ident(const char *ident);
 
 void log_msg(int prio, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* A notice the operator must see (what provisioning made): on the console even with quiet. */
+void log_announce(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 #define log_err(...) log_msg(LOG_ERR, __VA_ARGS__)
 #define log_warn(...) log_msg(LOG_WARNING, __VA_ARGS__)
 #define log_notice(...) log_msg(LOG_NOTICE, __VA_ARGS__)

@@ -62,6 +62,8 @@ static void usage(FILE *f)
 	      "  vm.persist.timeout=SECONDS (default 10)  vm.persist.options=BTRFS-OPTIONS\n"
 	      "  vm.persist.encrypted=auto|yes|no (auto: LUKS2 required under vm.persist=auto)\n"
 	      "  vm.persist.opened=/dev/mapper/NAME (opened by systemd-cryptsetup: mount it)\n"
+	      "  vm.persist.provision[=1|0] (make the one blank data disk /persist; off)\n"
+	      "  vm.persist.provision.pcrs=LIST (its TPM2 token's PCRs; 7+15:sha256=0...)\n"
 	      "  vm.store=overlay|bind|off  vm.luks.key=KEY  vm.luks.keyfile=PATH  vm.debug\n"
 	      "  vm.luks=tpm2,credential,key,keyfile,passphrase (methods, in order)\n"
 	      "  vm.luks.tries=N (3)  vm.luks.timeout=SECONDS (60)  vm.luks.tpm2.timeout=S (2)\n"
@@ -179,31 +181,17 @@ static int age_keygen_main(int argc, char **argv)
 	uint8_t scalar[AGEKEY_SIZE];
 	char rcpt[AGEKEY_RECIPIENT_LEN];
 	_cleanup_secret_ struct secret text = {0};
-	char buf[256];
 	if (getrandom(scalar, sizeof(scalar), 0) != (ssize_t)sizeof(scalar)) {
 		fprintf(stderr, "factory-init age-keygen: getrandom: %s\n", strerror(errno));
 		return 1;
 	}
-	char skey[AGEKEY_SECRET_LEN];
-	agekey_secret(scalar, skey);
-	int k = agekey_recipient(scalar, rcpt);
+	int r = agekey_identity_file(scalar, (long long)time(NULL), &text, rcpt);
 	explicit_bzero(scalar, sizeof(scalar));
-	if (k < 0) {
-		explicit_bzero(skey, sizeof(skey));
-		fputs("factory-init age-keygen: X25519 failed\n", stderr);
+	if (r < 0) {
+		fprintf(stderr, "factory-init age-keygen: %s\n",
+			r == -EIO ? "X25519 failed" : strerror(-r));
 		return 1;
 	}
-	time_t now = time(NULL);
-	struct tm tm;
-	char created[32];
-	strftime(created, sizeof(created), "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&now, &tm));
-	int n = snprintf(buf, sizeof(buf), "# created: %s\n# public key: %s\n%s\n", created, rcpt,
-			 skey);
-	explicit_bzero(skey, sizeof(skey));
-	int r = secret_set(&text, buf, (size_t)n);
-	explicit_bzero(buf, sizeof(buf));
-	if (r < 0)
-		return 1;
 
 	_cleanup_close_ int fd =
 	    out ? open(out, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600)

@@ -74,6 +74,8 @@ char *metrics_render(const struct status *st, const char *version)
 	    STATUS_REASON_UNTRUSTED,
 	    STATUS_REASON_STORE,
 	    STATUS_REASON_FATAL,
+	    STATUS_REASON_NOT_BLANK,
+	    STATUS_REASON_PROVISION,
 	};
 	family(
 	    f, "reason",
@@ -83,7 +85,7 @@ char *metrics_render(const struct status *st, const char *version)
 	       *st->reason_code ? st->reason_code : "none");
 
 	static const char *const methods[] = {"tpm2",	    "credential", "cmdline-key", "keyfile",
-					      "passphrase", "opened",	  "none"};
+					      "passphrase", "opened",	  "provision",	 "none"};
 	family(f, "unlock_method",
 	       "What opened the data disk (opened: another program; none: not LUKS or not "
 	       "opened): 1 for the method that did.");

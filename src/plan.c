@@ -109,6 +109,7 @@ static void set_defaults(struct plan *p)
 	strcpy(p->persist_options, DEFAULT_PERSIST_OPTIONS);
 	p->store = STORE_OVERLAY;
 	strcpy(p->keyfile, DEFAULT_KEYFILE);
+	strcpy(p->provision_pcrs, DEFAULT_PROVISION_PCRS);
 	for (int m = 0; m < UNLOCK_N_METHODS; m++)
 		p->methods[m] = (enum unlock_method)m;
 	p->n_methods = UNLOCK_N_METHODS;
@@ -139,6 +140,10 @@ static void apply_control(struct plan *p, const char *name, const char *value)
 								  : ENCRYPTED_NO;
 	} else if (strcmp(name, "persist.opened") == 0) {
 		strscpy(p->persist_opened, value, sizeof(p->persist_opened));
+	} else if (strcmp(name, "persist.provision") == 0) {
+		p->provision = flag_value(value);
+	} else if (strcmp(name, "persist.provision.pcrs") == 0) {
+		strscpy(p->provision_pcrs, value, sizeof(p->provision_pcrs));
 	} else if (strcmp(name, "persist.options") == 0) {
 		/* Ours first: a later option wins in Btrfs, so the user can still override. */
 		if (*value)
@@ -464,6 +469,8 @@ char *plan_to_json_for(const struct plan *p, const struct module_resolution *res
 	json_object_object_add(o, "luks_timeout_s", json_object_new_int((int)p->luks_timeout_s));
 	json_object_object_add(o, "tpm2_timeout_s", json_object_new_int((int)p->tpm2_timeout_s));
 	json_object_object_add(o, "may_prompt", json_object_new_boolean(p->may_prompt));
+	json_object_object_add(o, "provision", json_object_new_boolean(p->provision));
+	json_object_object_add(o, "provision_pcrs", json_object_new_string(p->provision_pcrs));
 	json_object_object_add(o, "persist_opened",
 			       p->persist_opened[0] ? json_object_new_string(p->persist_opened)
 						    : NULL);

@@ -50,6 +50,10 @@ enum persist_encrypted {
 #define DEFAULT_LUKS_TRIES 3
 #define DEFAULT_LUKS_TIMEOUT_S 60
 #define DEFAULT_TPM2_TIMEOUT_S 2
+/* The PCRs a provisioned disk's TPM2 token is sealed to (enroll.h: ENROLL_DEFAULT_PCRS): PCR 7
+ * as it is at provisioning, and PCR 15 at its boot value, which stage 1 extends before stage 2 */
+#define DEFAULT_PROVISION_PCRS                                                                     \
+	"7+15:sha256=0000000000000000000000000000000000000000000000000000000000000000"
 #define DEFAULT_KEYFILE "/etc/factory-init/keyfile" /* where dracut-like/ puts an embedded key */
 
 struct plan {
@@ -75,6 +79,9 @@ struct plan {
 	 * Then nothing is unlocked or scanned: that device is /persist's. */
 	char persist_opened[PLAN_STR];
 	enum store_mode store;
+	/* vm.persist.provision: make a blank data disk the LUKS2 + Btrfs /persist (provision.h) */
+	bool provision;
+	char provision_pcrs[160]; /* vm.persist.provision.pcrs: its TPM2 token's PCRs */
 
 	/* Unlocking: the key itself never leaves this struct except into libcryptsetup. */
 	struct secret key;   /* vm.luks.key, from /proc/cmdline (so stage 2 can read it too) */

@@ -16,6 +16,7 @@
 #include "beneath.h"
 #include "persist.h"
 #include "plan.h"
+#include "provision.h"
 #include "seed.h"
 #include "status.h"
 #include "switchroot.h"
@@ -574,6 +575,10 @@ void persist_setup(struct plan *p, struct status *st, const char *root)
 		status_candidate(st, cands.c[i].dev.devname, cands.c[i].dev.type,
 				 cands.c[i].dev.label, cand_verdict_name(cands.c[i].verdict),
 				 cands.c[i].detail);
+	/* Nothing to unlock or mount: a blank disk may become /persist (never one that was tried).
+	 */
+	if (used < 0 && n_try == 0 && p->provision)
+		used = provision_run(p, st, &spec, devs, n_devs, &creds, persist_dir);
 	if (used < 0)
 		goto config;
 mounted:

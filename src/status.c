@@ -145,6 +145,17 @@ char *status_to_json(const struct status *st)
 		json_object_array_add(att, j);
 	}
 	json_object_object_add(o, "unlock_attempts", att);
+	json_object_object_add(o, "provisioned", json_object_new_boolean(st->provisioned));
+	if (st->provision[0]) {
+		json_object *pv = json_object_new_object();
+		json_object_object_add(pv, "result", json_object_new_string(st->provision));
+		json_object_object_add(pv, "detail", str_or_null(st->provision_detail));
+		json_object_object_add(o, "provision", pv);
+	} else {
+		json_object_object_add(o, "provision", NULL);
+	}
+	json_object_object_add(o, "luks_uuid", str_or_null(st->luks_uuid));
+	json_object_object_add(o, "age_recipient", str_or_null(st->age_recipient));
 	json_object_object_add(o, "key_in_cmdline", json_object_new_boolean(st->key_in_cmdline));
 	json_object_object_add(o, "store", json_object_new_string(st->store));
 	json_object_object_add(o, "tpm2", str_or_null(st->tpm2));

@@ -12,7 +12,7 @@
 #include "seed.h"
 
 #define STATUS_DIR "/run/factory-init"
-#define STATUS_MAX_STEPS 24
+#define STATUS_MAX_STEPS 32
 #define STATUS_MAX_WARNINGS 48
 
 /* The reason codes (status.json "reason_code", the metrics' reason label). */
@@ -22,8 +22,10 @@
 #define STATUS_REASON_UNLOCK "unlock-failed" /* keys were tried and none opened it */
 #define STATUS_REASON_MOUNT "mount-failed"   /* unlocked, but Btrfs did not mount */
 #define STATUS_REASON_UNTRUSTED "persist-untrusted" /* /persist holds a path stage 1 refuses */
-#define STATUS_REASON_STORE "store-failed" /* /persist is mounted; /nix is not as planned */
-#define STATUS_REASON_FATAL "fatal"	   /* stage 1 could not boot at all */
+#define STATUS_REASON_STORE "store-failed"	   /* /persist is mounted; /nix is not as planned */
+#define STATUS_REASON_FATAL "fatal"		   /* stage 1 could not boot at all */
+#define STATUS_REASON_NOT_BLANK "not-blank"	   /* provisioning asked for; no disk was blank */
+#define STATUS_REASON_PROVISION "provision-failed" /* provisioning a blank disk failed */
 
 struct status_step {
 	char name[32];
@@ -79,6 +81,13 @@ struct status {
 	int tpm2_lock_result;
 	unsigned tpm2_lock_pcr;
 	char tpm2_lock_detail[160];
+	/* vm.persist.provision (provision.h): "" not asked for, else "done", "refused" (the disk
+	 * was left untouched, detail says which test refused it) or "failed" (detail says why). */
+	char provision[16];
+	char provision_detail[320];
+	bool provisioned;	/* this boot made the data disk */
+	char luks_uuid[40];	/* the LUKS volume it made */
+	char age_recipient[64]; /* the public half of /persist/keys/host.agekey (age1...) */
 	/* vm.network_static, when the config has it: what stage 2's networkd was given. */
 	bool network_static;
 	struct net_static network;

@@ -480,6 +480,41 @@ static void test_modules_for_kernel(void **state)
 	plan_free(&p);
 }
 
+/* vm.persist.provision: off by default; a flag, also from the embedded config; its PCR list is
+ * checked as enroll-tpm2 --pcrs would check it. */
+static void test_provision(void **state)
+{
+	(void)state;
+	struct plan p;
+	assert_int_equal(plan_build("", NULL, &p), 0);
+	assert_false(p.provision);
+	assert_string_equal(p.provision_pcrs, DEFAULT_PROVISION_PCRS);
+	plan_free(&p);
+	assert_int_equal(plan_build("vm.persist.provision", NULL, &p), 0);
+	assert_true(p.provision);
+	assert_int_equal(p.n_warnings, 0);
+	plan_free(&p);
+	assert_int_equal(plan_build("vm.persist.provision=0", "{\"persist.provision\": \"1\"}", &p),
+			 0);
+	assert_false(p.provision);
+	plan_free(&p);
+	assert_int_equal(plan_build("", "{\"persist.provision\": \"yes\"}", &p), 0);
+	assert_true(p.provision);
+	plan_free(&p);
+	assert_int_equal(
+	    plan_build("vm.persist.provision=maybe vm.persist.provision.pcrs=7,99", NULL, &p), 0);
+	assert_false(p.provision);
+	assert_string_equal(p.provision_pcrs, DEFAULT_PROVISION_PCRS);
+	assert_int_equal(p.n_warnings, 2);
+	plan_free(&p);
+	assert_int_equal(
+	    plan_build("vm.persist.provision=on vm.persist.provision.pcrs=7", NULL, &p), 0);
+	assert_true(p.provision);
+	assert_string_equal(p.provision_pcrs, "7");
+	assert_int_equal(p.n_warnings, 0);
+	plan_free(&p);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -498,6 +533,7 @@ int main(void)
 	    cmocka_unit_test(test_warnings_capped),
 	    cmocka_unit_test(test_persist_encrypted),
 	    cmocka_unit_test(test_key_in_cmdline),
+	    cmocka_unit_test(test_provision),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
