@@ -1,9 +1,9 @@
 """scenarios_provision.py - zero-touch provisioning (vm.persist.provision).
 
 provision-tpm2 (a blank disk becomes /persist, and boot 2 opens it with the TPM2 token alone; the
-age identity round-trips with Debian's age), provision-refused (each kind of non-blank disk, and
-two blank disks, left untouched byte for byte), provision-unfinished (a disk left with our
-provisional label is made anew). The default (provisioning off) is blank-disk in scenarios_boot.
+age identity round-trips with Debian's age), provision-refused (each kind of non-blank disk, two
+blank disks, no mkfs.btrfs, nothing to unlock with: left untouched byte for byte),
+provision-unfinished (a disk left with our provisional label is made anew), provision-power-cut. The default (provisioning off) is blank-disk in scenarios_boot.
 """
 
 import json
@@ -14,7 +14,7 @@ import harness
 from harness import Disk
 from context import (FI_APPEND, attempts, fresh_dir, reporter_lines, same_disk, scenario,
                      status_of)
-from context import FACTORY_INIT, fi_modules
+from context import FACTORY_INIT, fi_initrd, fi_modules
 
 #: A raw disk of this size is blank (a hole) unless a scenario writes to it.
 SIZE = 512 << 20
@@ -160,7 +160,7 @@ def provision_tpm2(ctx):
     ctx.check(sha[0] and sha[0] == sha[1], f"boot 2: host.agekey changed: {sha}")
 
 
-def refused_boot(ctx, name, images, append=PROVISION):
+def refused_boot(ctx, name, images, append=PROVISION, initrd=None, tpm=True, key=True):
     """Boots with IMAGES as data disks (raw bases, behind overlays) and provisioning on; checks
     the fallback and that every disk still reads as its base. Returns the status."""
     disks = [Disk(ctx.disks.factory)]
@@ -169,10 +169,13 @@ def refused_boot(ctx, name, images, append=PROVISION):
         vd = harness.overlay(base, ctx.path(f"{name}.{i}.qcow2"))
         pairs.append((base, vd))
         disks.append(Disk(vd, "qcow2", snapshot=False))
-    state = fresh_dir(ctx.path(f"{name}.tpm"))
-    with harness.Swtpm(state) as tpm:
-        r = ctx.boot(name, provision_initrd(ctx), disks, append,
-                     extra_args=tpm.qemu_args + key_credential())
+    extra = key_credential() if key else []
+    initrd = initrd or provision_initrd(ctx)
+    if tpm:
+        with harness.Swtpm(fresh_dir(ctx.path(f"{name}.tpm"))) as t:
+            r = ctx.boot(name, initrd, disks, append, extra_args=t.qemu_args + extra)
+    else:
+        r = ctx.boot(name, initrd, disks, append, extra_args=extra)
     st = status_of(ctx, r)
     ctx.check(st["outcome"] == "fallback", f"{name}: outcome {st['outcome']}")
     ctx.check(st["provisioned"] is False, f"{name}: provisioned")
@@ -226,6 +229,16 @@ def provision_refused(ctx):
         ctx.check(st["provision"] and st["provision"]["result"] == "refused",
                   f"{name}: provision {st['provision']}")
 
+    # Blank, but what the new disk needs is missing: nothing is written either.
+    for name, kw, want in (
+            ("refuse-no-mkfs", {"initrd": fi_initrd(ctx, "fi-plain")}, "has no mkfs.btrfs"),
+            ("refuse-no-key", {"tpm": False, "key": False}, "no TPM2 and no vm.luks.key")):
+        st = refused_boot(ctx, name, [blank(ctx, name)], **kw)
+        ctx.check(st["reason_code"] == "provision-failed", f"{name}: {st['reason_code']}")
+        ctx.check(want in (st["reason"] or ""), f"{name}: reason {st['reason']!r}")
+        ctx.check(st["provision"] and st["provision"]["result"] == "failed",
+                  f"{name}: provision {st['provision']}")
+
 
 @scenario("provision-unfinished")
 def provision_unfinished(ctx):
@@ -247,3 +260,49 @@ def provision_unfinished(ctx):
     meta = luks_dump(raw_of(ctx, vdb, "provision-unfinished"))
     ctx.check(meta and meta.get("label") == "persist", f"label {meta and meta.get('label')!r}")
     ctx.check(meta and not meta.get("tokens"), f"tokens without a TPM: {meta and meta['tokens']}")
+
+
+@scenario("provision-power-cut")
+def provision_power_cut(ctx):
+    """Power cuts (QEMU killed) after the LUKS2 format, after mkfs.btrfs and after the layout is
+    synced, one after the other on the same disk: each next boot makes the disk anew, and the
+    last one ends with a complete /persist that boot after boot opens with the TPM."""
+    state = fresh_dir(ctx.path("provision-cut.tpm"))
+    base = blank(ctx, "provision-cut")
+    vdb = harness.overlay(base, ctx.path("provision-cut.vdb.qcow2"))
+    disks = [Disk(ctx.disks.factory), Disk(vdb, "qcow2", snapshot=False)]
+    append = PROVISION.replace(" quiet", "")   # the step lines reach the console
+    fired = []
+    for mark in (b"LUKS2 formatted", b"Btrfs made on", b"layout written and synced"):
+        with harness.Swtpm(state) as tpm:
+            r = ctx.boot(f"provision-cut-{len(fired)}", provision_initrd(ctx), disks, append,
+                         extra_args=tpm.qemu_args, kill_when=lambda tail, m=mark: m in tail)
+        if r.killed:
+            fired.append(mark.decode())
+            meta = luks_dump(raw_of(ctx, vdb, "provision-cut"))
+            label = meta and meta.get("label")
+            # before the last step the disk is ours, unfinished (the label step may have won
+            # the race against the kill after "layout written")
+            ctx.check(label == PROVISIONAL_LABEL or (label == "persist" and mark.startswith(b"layout")),
+                      f"after a cut at {mark.decode()!r}: label {label!r}")
+        else:
+            ctx.check(status_of(ctx, r)["outcome"] == "persist", f"uncut at {mark}: not persist")
+    ctx.check(len(fired) >= 2, f"the power cuts fired only at {fired}")
+    with harness.Swtpm(state) as tpm:
+        r = ctx.boot("provision-cut-final", provision_initrd(ctx), disks, append,
+                     extra_args=tpm.qemu_args)
+    st = status_of(ctx, r)
+    ctx.check(st["outcome"] == "persist", f"after cuts at {fired}: {st['outcome']}: {st['reason']}")
+    stats = {f[-1]: tuple(f[:-1]) for f in reporter_lines(r, "STAT") if len(f) == 4}
+    ctx.check(stats.get("/persist/keys/host.agekey") == ("600", "0", "0"),
+              f"host.agekey: {stats.get('/persist/keys/host.agekey')}")
+    meta = luks_dump(raw_of(ctx, vdb, "provision-cut"))
+    ctx.check(meta and meta.get("label") == "persist", "the label is not persist")
+    ctx.check(meta and len(meta.get("tokens", {})) == 1, f"tokens {meta and meta.get('tokens')}")
+    with harness.Swtpm(state) as tpm:
+        r2 = ctx.boot("provision-cut-again", provision_initrd(ctx), disks, append,
+                      extra_args=tpm.qemu_args)
+    st2 = status_of(ctx, r2)
+    ctx.check(st2["outcome"] == "persist" and not st2["provisioned"]
+              and attempts(st2) == [("tpm2", True)], f"the boot after: {attempts(st2)}")
+    ctx.diag(f"cut after: {', '.join(fired)}; then provisioned={st['provisioned']}")

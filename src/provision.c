@@ -218,11 +218,23 @@ static int add_key_slot(struct crypt_device *cd, const struct secret *key, char 
 /* ---- 4. mkfs.btrfs ----------------------------------------------------------------------------
  */
 
-static int run_mkfs(const char *fsdev, char *why, size_t why_len)
+/* The initrd's mkfs.btrfs (PROVISION_MKFS_DIRS), or NULL. */
+static const char *find_mkfs(char *buf, size_t len)
+{
+	static const char *const dirs[] = {PROVISION_MKFS_DIRS};
+	for (size_t i = 0; i < ARRAY_SIZE(dirs); i++) {
+		snprintf(buf, len, "%s/mkfs.btrfs", dirs[i]);
+		if (access(buf, X_OK) == 0)
+			return buf;
+	}
+	return NULL;
+}
+
+static int run_mkfs(const char *mkfs, const char *fsdev, char *why, size_t why_len)
 {
 	pid_t pid = fork();
 	if (pid < 0) {
-		snprintf(why, why_len, "cannot start %s: %s", PROVISION_MKFS, strerror(errno));
+		snprintf(why, why_len, "cannot start %s: %s", mkfs, strerror(errno));
 		return -errno;
 	}
 	if (pid == 0) {
@@ -232,19 +244,17 @@ static int run_mkfs(const char *fsdev, char *why, size_t why_len)
 			dup2(null, STDOUT_FILENO);
 			dup2(null, STDERR_FILENO);
 		}
-		execl(PROVISION_MKFS, "mkfs.btrfs", "-q", "-L", DEFAULT_PERSIST_LABEL, fsdev,
-		      (char *)NULL);
+		execl(mkfs, "mkfs.btrfs", "-q", "-L", DEFAULT_PERSIST_LABEL, fsdev, (char *)NULL);
 		_exit(127);
 	}
 	int wst;
 	while (waitpid(pid, &wst, 0) < 0)
 		if (errno != EINTR) {
-			snprintf(why, why_len, "waiting for %s: %s", PROVISION_MKFS,
-				 strerror(errno));
+			snprintf(why, why_len, "waiting for %s: %s", mkfs, strerror(errno));
 			return -errno;
 		}
 	if (!WIFEXITED(wst) || WEXITSTATUS(wst) != 0) {
-		snprintf(why, why_len, "%s %s failed (%s %d)", PROVISION_MKFS, fsdev,
+		snprintf(why, why_len, "%s %s failed (%s %d)", mkfs, fsdev,
 			 WIFEXITED(wst) ? "exit code" : "signal",
 			 WIFEXITED(wst) ? WEXITSTATUS(wst) : WTERMSIG(wst));
 		return -EIO;
@@ -336,10 +346,12 @@ int provision_run(const struct plan *p, struct status *st, const struct dev_spec
 	const char *dev = d->devname;
 
 	/* What the new disk needs, checked before anything is written. */
-	if (access(PROVISION_MKFS, X_OK) < 0)
+	char mkfs_buf[64];
+	const char *mkfs = find_mkfs(mkfs_buf, sizeof(mkfs_buf));
+	if (!mkfs)
 		return refuse(st, STATUS_REASON_PROVISION, "failed", -ENOENT, dev,
-			      "is left untouched: this initrd has no " PROVISION_MKFS
-			      " (dracut-like/mkinitrd --provision adds it)");
+			      "is left untouched: this initrd has no mkfs.btrfs in /sbin, /bin, "
+			      "/usr/sbin or /usr/bin (dracut-like/mkinitrd --provision adds it)");
 	const struct credential *cred = creds ? credentials_find(creds, "vm.luks.key") : NULL;
 	const struct secret *key = cred ? &cred->value : p->key.data ? &p->key : NULL;
 	bool tpm = strcmp(st->tpm2, "none") != 0 && *st->tpm2;
@@ -370,6 +382,7 @@ int provision_run(const struct plan *p, struct status *st, const struct dev_spec
 		snprintf(why, sizeof(why), "LUKS2 format failed: %s", strerror(-r));
 		return refuse(st, STATUS_REASON_PROVISION, "failed", r, dev, why);
 	}
+	log_info("provisioning %s: LUKS2 formatted, label " PROVISIONAL_LABEL, dev);
 
 	t = now_ms();
 	int slots = 0;
@@ -408,8 +421,10 @@ int provision_run(const struct plan *p, struct status *st, const struct dev_spec
 		return refuse(st, STATUS_REASON_PROVISION, "failed", r, dev, why);
 	}
 	const char *fsdev = "/dev/mapper/" PERSIST_DM_NAME;
-	r = run_mkfs(fsdev, why, sizeof(why));
+	r = run_mkfs(mkfs, fsdev, why, sizeof(why));
 	status_step(st, "provision-mkfs", now_ms() - t, r);
+	if (r >= 0)
+		log_info("provisioning %s: Btrfs made on %s", dev, fsdev);
 	if (r >= 0) {
 		t = now_ms();
 		r = mount_fs(fsdev, persist_dir, "btrfs", p->persist_options, why, sizeof(why));
@@ -425,6 +440,7 @@ int provision_run(const struct plan *p, struct status *st, const struct dev_spec
 	char rcpt[AGEKEY_RECIPIENT_LEN] = "";
 	r = make_layout(persist_dir, rcpt, why, sizeof(why));
 	if (r >= 0) {
+		log_info("provisioning %s: layout written and synced", dev);
 		r = crypt_set_label(cd, DEFAULT_PERSIST_LABEL, NULL);
 		if (r < 0)
 			snprintf(why, sizeof(why), "renaming the LUKS2 label to persist failed: %s",

@@ -29,8 +29,9 @@ struct plan;
 struct status;
 struct credentials;
 
-/* Where the initrd carries mkfs.btrfs (dracut-like/mkinitrd --provision puts it there). */
-#define PROVISION_MKFS "/sbin/mkfs.btrfs"
+/* Where the initrd may carry mkfs.btrfs, in the order looked at: dracut-like/mkinitrd
+ * --provision puts it in /sbin, NixOS's systemd stage 1 (extraBin) in /bin. */
+#define PROVISION_MKFS_DIRS "/sbin", "/bin", "/usr/sbin", "/usr/bin"
 
 /*
  * Provisions the one disk among devs[0..n) that spec allows (blank.h: blank_choose) if it is

@@ -47,6 +47,7 @@ let
   controlKeys = [
     "persist" "persist.timeout" "persist.options" "persist.encrypted" "persist.opened" "store" "luks"
     "luks.keyfile" "luks.tries" "luks.timeout" "luks.tpm2.timeout"
+    "persist.provision" "persist.provision.pcrs"
   ];
 
   stripVm = name: lib.removePrefix "vm." name;
@@ -71,7 +72,12 @@ let
     "luks.tries" = lib.mapNullable toString cfg.luks.tries;
     "luks.timeout" = lib.mapNullable toString cfg.luks.timeout;
     "luks.tpm2.timeout" = lib.mapNullable toString cfg.luks.tpm2Timeout;
+    "persist.provision" = if cfg.provision.enable then "1" else null;
+    "persist.provision.pcrs" = if cfg.provision.enable then cfg.provision.pcrs else null;
   }));
+
+  # provisioning runs mkfs.btrfs in stage 1 (factory-init looks in /sbin, /bin, /usr/sbin, /usr/bin)
+  mkfsBtrfs = "${pkgs.btrfs-progs}/bin/mkfs.btrfs";
 
   configFile = pkgs.writeText "vm-config.json" (builtins.toJSON (embedded // control));
 
@@ -322,6 +328,35 @@ in
       };
     };
 
+    provision = {
+      enable = mkOption {
+        type = types.bool;
+        default = false;
+        description = ''
+          Zero-touch provisioning (`vm.persist.provision`): when no data disk can be unlocked or
+          mounted because none is LUKS or Btrfs, factory-init makes the one blank disk (the one
+          `device` names, or under `auto` the one virtio disk besides the root's) a LUKS2 volume
+          with a systemd-tpm2 token and a slot for the `vm.luks.key` credential, Btrfs inside and
+          a new age identity in keys/host.agekey. A disk is blank only when libblkid finds no
+          signature and its first and last MiB and 256 sampled blocks are zeros; any other disk
+          is never written to. Adds mkfs.btrfs to the initrd. Not with
+          `unlockWith = "systemd-cryptsetup"`.
+        '';
+      };
+      pcrs = mkOption {
+        type = types.str;
+        default = "7+15:sha256=0000000000000000000000000000000000000000000000000000000000000000";
+        example = "7";
+        description = ''
+          The PCRs the new disk's TPM2 token is sealed to (`vm.persist.provision.pcrs=`, as
+          `factory-init enroll-tpm2 --pcrs` takes them). The default binds PCR 7 as it is at
+          provisioning and PCR 15 at its boot value, which factory-init extends before stage 2:
+          stage 2 can never unseal the key. systemd 258's cryptenroll binds to no PCR by default,
+          which leaves the key to anything booted with this TPM.
+        '';
+      };
+    };
+
     embeddedConfig = mkOption {
       type = types.attrsOf (types.oneOf [ types.str types.int types.bool ]);
       default = { };
@@ -381,6 +416,13 @@ in
         {
           assertion = cfg.luks.methods != [ ] && lib.unique cfg.luks.methods == cfg.luks.methods;
           message = "boot.initrd.factoryInit.luks.methods must name each method at most once, and at least one.";
+        }
+        {
+          assertion = !(cfg.provision.enable && splitUnlock);
+          message = ''
+            boot.initrd.factoryInit.provision.enable needs factory-init to open the data disk:
+            with unlockWith = "systemd-cryptsetup" the disk is opened before factory-init runs.
+          '';
         }
         {
           assertion = !(embedded ? "luks.key");
@@ -460,6 +502,10 @@ in
         the config key persist.opened yet; it will ignore it and look for the data disk itself
         (device "auto"), next to the volume systemd-cryptsetup opened.
       ''
+      ++ lib.optional (cfg.provision.enable && configKeys != null && !(lib.elem "persist.provision" configKeys)) ''
+        boot.initrd.factoryInit.provision.enable: this factory-init does not know the config key
+        persist.provision yet; it will never provision a disk.
+      ''
       ++ lib.optional (!splitUnlock && fightingAuto != [ ]) ''
         boot.initrd.luks.devices.${lib.concatStringsSep ", boot.initrd.luks.devices." fightingAuto} names a
         volume that boot.initrd.factoryInit.device = "auto" may pick too (a LUKS volume labelled
@@ -484,6 +530,8 @@ in
       # Static, so it survives extra-utils' strip, nuke-refs and patchelf untouched.
       boot.initrd.extraUtilsCommands = ''
         copy_bin_and_libs ${cfg.package}/bin/factory-init
+      '' + lib.optionalString cfg.provision.enable ''
+        copy_bin_and_libs ${mkfsBtrfs}
       '';
       boot.initrd.extraUtilsCommandsTest = ''
         $out/bin/factory-init --version
@@ -499,7 +547,9 @@ in
 
     # ---- systemd stage 1 -----------------------------------------------------------------
     (mkIf systemdStage1 {
-      boot.initrd.systemd.extraBin.factory-init = "${cfg.package}/bin/factory-init";
+      boot.initrd.systemd.extraBin = {
+        factory-init = "${cfg.package}/bin/factory-init";
+      } // lib.optionalAttrs cfg.provision.enable { "mkfs.btrfs" = mkfsBtrfs; };
       boot.initrd.systemd.contents."/etc/vm-config.json".source = configFile;
       # Exactly the rendered nixos/factory-init.service.in; NixOS reads no [Install] section,
       # hence wantedBy here.

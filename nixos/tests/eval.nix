@@ -208,6 +208,23 @@ let
         c.config.systemd.services.prometheus-node-exporter.serviceConfig.ExecStart) "in ExecStart";
       c.config.system.build.toplevel.drvPath;
 
+    # Zero-touch provisioning: the control keys in the embedded config and mkfs.btrfs in the
+    # initrd, for both stage 1s; refused next to systemd-cryptsetup.
+    provision =
+      let
+        c = withInitrd { extra.provision = { enable = true; pcrs = "7"; }; };
+        json = embeddedJson c.config.boot.initrd.systemd.contents."/etc/vm-config.json".source;
+        plain = withInitrd { };
+        plainJson = embeddedJson plain.config.boot.initrd.systemd.contents."/etc/vm-config.json".source;
+        scripted = withInitrd { systemd = false; extra.provision.enable = true; };
+      in
+      assert check (json."persist.provision" == "1" && json."persist.provision.pcrs" == "7") "control keys";
+      assert check (lib.hasSuffix "/bin/mkfs.btrfs" c.config.boot.initrd.systemd.extraBin."mkfs.btrfs") "mkfs.btrfs (systemd)";
+      assert check (!(plainJson ? "persist.provision") && !(plain.config.boot.initrd.systemd.extraBin ? "mkfs.btrfs")) "off by default";
+      assert check (lib.hasInfix "/bin/mkfs.btrfs" scripted.config.boot.initrd.extraUtilsCommands) "mkfs.btrfs (scripted)";
+      assert check (lib.elem "persist.provision" c.config.boot.initrd.factoryInit.package.passthru.configKeys) "the package knows the key";
+      c.config.system.build.toplevel.drvPath;
+
     systemd-bind =
       let c = withInitrd { extra = { storeMode = "bind"; device = "LABEL=persist"; timeout = 30; encrypted = "yes"; }; }; in
       toplevel c (systemdChecks c { } (json: [
@@ -397,6 +414,9 @@ let
       boot.initrd.postDeviceCommands = "echo a scripted hook";
     } ]).config.system.build.toplevel.drvPath;
     mistake-split-auto = (withInitrd { extra.unlockWith = "systemd-cryptsetup"; }).config.system.build.toplevel.drvPath;
+    mistake-provision-split = (withInitrd {
+      extra = { unlockWith = "systemd-cryptsetup"; device = "/dev/vdb"; provision.enable = true; };
+    }).config.system.build.toplevel.drvPath;
     mistake-split-scripted = (withInitrd {
       systemd = false;
       extra = { unlockWith = "systemd-cryptsetup"; device = "/dev/vdb"; };

@@ -101,15 +101,16 @@ declare -A expect_error=(
     [mistake-luks-fight]="the two would fight over it"
     [mistake-qemu-vm-store]="qemu-vm's writable store (virtualisation.writableStore)"
     [mistake-scripted-without-options]="boot.initrd.factoryInit needs systemd stage 1 here"
+    [mistake-provision-split]="provision.enable needs factory-init to open the data disk"
 )
-all_cases=(package systemd-overlay metrics systemd-bind systemd-keyfile systemd-cryptsetup kernel-modules
+all_cases=(package systemd-overlay metrics provision systemd-bind systemd-keyfile systemd-cryptsetup kernel-modules
            without-scripted-options unit-render qemu-vm-store-off
            scripted-overlay scripted-off local-overlay-store
            sync-config image-qcow2-efi image-qcow2-bios image-raw
            image-hyperv image-vmware image-virtualbox image-openstack image-proxmox flake
            mistake-store-mode mistake-key-in-config mistake-scripted-hook-with-systemd
            mistake-split-auto mistake-split-scripted mistake-luks-fight mistake-qemu-vm-store
-           mistake-scripted-without-options)
+           mistake-scripted-without-options mistake-provision-split)
 if [ $# -gt 0 ]; then cases=("$@"); else cases=(flake-parse "${all_cases[@]}"); fi
 
 version=$(nixi --eval --expr "(import $nix_nixpkgs/lib).version" 2>/dev/null | tr -d '"')
