@@ -112,17 +112,19 @@ $(BUILD)/fuzz/%: src/tests/%.c $(addprefix src/,$(PURE)) src/*.h Makefile | $(PA
 
 # libFuzzer adds what it finds to its first corpus folder: a copy in build/, seeded from the repo
 # (the plan: src/tests/corpus; tokens: the real tokens in src/tests/tokens; SMBIOS:
-# src/tests/smbios, which also keeps inputs that once failed).
-fuzz: $(BUILD)/fuzz/fuzz_plan $(BUILD)/fuzz/fuzz_token $(BUILD)/fuzz/fuzz_smbios
-	@mkdir -p $(BUILD)/fuzz/corpus $(BUILD)/fuzz/tokens $(BUILD)/fuzz/smbios
+# src/tests/smbios, which also keeps inputs that once failed; age keys: src/tests/agekeys).
+fuzz: $(BUILD)/fuzz/fuzz_plan $(BUILD)/fuzz/fuzz_token $(BUILD)/fuzz/fuzz_smbios $(BUILD)/fuzz/fuzz_agekey
+	@mkdir -p $(BUILD)/fuzz/corpus $(BUILD)/fuzz/tokens $(BUILD)/fuzz/smbios $(BUILD)/fuzz/agekeys
 	@cp src/tests/corpus/* $(BUILD)/fuzz/corpus/ && cp src/tests/tokens/* $(BUILD)/fuzz/tokens/ && \
-		cp src/tests/smbios/* $(BUILD)/fuzz/smbios/
+		cp src/tests/smbios/* $(BUILD)/fuzz/smbios/ && cp src/tests/agekeys/* $(BUILD)/fuzz/agekeys/
 	$(BUILD)/fuzz/fuzz_plan $(FUZZ_FLAGS) -max_len=4096 \
 		$(BUILD)/fuzz/corpus
 	$(BUILD)/fuzz/fuzz_token $(FUZZ_FLAGS) -max_len=4096 \
 		$(BUILD)/fuzz/tokens
 	$(BUILD)/fuzz/fuzz_smbios $(FUZZ_FLAGS) -max_len=2048 \
 		$(BUILD)/fuzz/smbios
+	$(BUILD)/fuzz/fuzz_agekey $(FUZZ_FLAGS) -max_len=256 \
+		$(BUILD)/fuzz/agekeys
 
 # ---- QEMU ---------------------------------------------------------------------------------
 # The full run boots bookworm's 6.1 cloud kernel; then QEMU_CORE runs on each kernel of

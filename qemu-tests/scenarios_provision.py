@@ -14,7 +14,7 @@ import harness
 from harness import Disk
 from context import (FI_APPEND, attempts, fresh_dir, reporter_lines, same_disk, scenario,
                      status_of)
-from context import FACTORY_INIT, fi_initrd, fi_modules
+from context import FACTORY_INIT, check_metrics, fi_initrd, fi_modules
 
 #: A raw disk of this size is blank (a hole) unless a scenario writes to it.
 SIZE = 512 << 20
@@ -111,6 +111,11 @@ def provision_tpm2(ctx):
     ctx.check(line and f"luks_uuid={uuid}" in line[0] and f"age_recipient={rcpt}" in line[0],
               f"console line {line}")
     ctx.check(r.mount_at("/persist") is not None, "/persist not mounted")
+    m = check_metrics(ctx, r)
+    ctx.check(m.get("factory_init_provisioned") == 1, "metric provisioned")
+    ctx.check(m.get('factory_init_unlock_method{method="provision"}') == 1,
+              "metric unlock_method provision")
+    ctx.check(m.get('factory_init_reason{code="none"}') == 1, "metric reason none")
     steps = {s["name"]: s["ms"] for s in st["steps"]}
     for s in ("provision-check", "provision-luks", "provision-tpm2", "provision-key",
               "provision-mkfs", "provision-finish"):

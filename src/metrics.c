@@ -158,6 +158,10 @@ char *metrics_render(const struct status *st, const char *version)
 		seconds(f, st->seed.ms);
 	}
 
+	family(f, "provisioned",
+	       "1 when this boot made the data disk (vm.persist.provision: it was blank).");
+	fprintf(f, "factory_init_provisioned %d\n", st->provisioned);
+
 	family(f, "tpm2_present", "1 when the VM has a TPM2.");
 	fprintf(f, "factory_init_tpm2_present %d\n", *st->tpm2 && strcmp(st->tpm2, "none") != 0);
 	family(f, "tpm2_locked",

@@ -223,6 +223,17 @@ int statusview_print(const char *text, size_t len, int json, FILE *out, FILE *er
 			"store copy", num(copy, "files", 0), num(copy, "hardlinks", 0),
 			num(copy, "bytes", 0) / 1000000, num(copy, "ms", 0),
 			boolean(copy, "complete") == 0 ? " (incomplete)" : "");
+	json_object *prov = member(root, "provision", json_type_object);
+	if (prov) {
+		char pv[400];
+		snprintf(pv, sizeof(pv), "%s: %s", str(prov, "result") ? str(prov, "result") : "?",
+			 str(prov, "detail") ? str(prov, "detail") : "");
+		line(out, "provisioning", pv);
+	}
+	if (boolean(root, "provisioned") == 1) {
+		line(out, "luks uuid", str(root, "luks_uuid"));
+		line(out, "age recipient", str(root, "age_recipient"));
+	}
 	line(out, "tpm2", str(root, "tpm2"));
 	network(out, root);
 	if (boolean(root, "key_in_cmdline") == 1)

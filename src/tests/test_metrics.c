@@ -132,9 +132,33 @@ static void test_fallback(void **state)
 	has(t, "factory_init_store_copied 0");
 	assert_null(strstr(t, "factory_init_store_copy_bytes"));
 	has(t, "factory_init_tpm2_present 0");
+	has(t, "factory_init_provisioned 0");
 	has(t, "factory_init_key_on_cmdline 1");
 	has(t, "factory_init_network_static 1");
 	has(t, "factory_init_warnings 1");
+	free(t);
+}
+
+/* A boot that provisioned the disk, and one whose provisioning found no blank disk. */
+static void test_provision(void **state)
+{
+	(void)state;
+	struct status st;
+	status_init(&st, "stage1", 0);
+	st.persist = st.provisioned = true;
+	strcpy(st.unlock, "provision");
+	char *t = metrics_render(&st, "0.1.0");
+	well_formed(t);
+	has(t, "factory_init_provisioned 1");
+	has(t, "factory_init_unlock_method{method=\"provision\"} 1");
+	free(t);
+	status_init(&st, "stage1", 0);
+	status_reason(&st, STATUS_REASON_NOT_BLANK, "provisioning: /dev/vdb is not blank");
+	t = metrics_render(&st, "0.1.0");
+	well_formed(t);
+	has(t, "factory_init_provisioned 0");
+	has(t, "factory_init_reason{code=\"not-blank\"} 1");
+	has(t, "factory_init_reason{code=\"provision-failed\"} 0");
 	free(t);
 }
 
@@ -143,6 +167,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_persist),
 	    cmocka_unit_test(test_fallback),
+	    cmocka_unit_test(test_provision),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

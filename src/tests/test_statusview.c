@@ -120,13 +120,39 @@ static void test_network_line(void **state)
 	free(err);
 }
 
+static void test_provisioned(void **state)
+{
+	(void)state;
+	char *out, *err;
+	assert_int_equal(
+	    view("{\"outcome\":\"persist\",\"device\":\"/dev/vdb\",\"fstype\":\"crypto_LUKS\","
+		 "\"luks\":true,\"unlock\":\"provision\",\"provisioned\":true,"
+		 "\"provision\":{\"result\":\"done\",\"detail\":\"/dev/vdb: LUKS2\"},"
+		 "\"luks_uuid\":\"5f1e\",\"age_recipient\":\"age1xyz\"}",
+		 0, &out, &err),
+	    STATUSVIEW_PERSIST);
+	assert_non_null(strstr(out, "provisioning     done: /dev/vdb: LUKS2\n"));
+	assert_non_null(strstr(out, "luks uuid        5f1e\n"));
+	assert_non_null(strstr(out, "age recipient    age1xyz\n"));
+	free(out);
+	free(err);
+	assert_int_equal(view("{\"outcome\":\"fallback\",\"reason\":\"provisioning: no\","
+			      "\"provisioned\":false,\"provision\":{\"result\":\"refused\","
+			      "\"detail\":\"/dev/vdb is not blank\"}}",
+			      0, &out, &err),
+			 STATUSVIEW_FALLBACK);
+	assert_non_null(strstr(out, "provisioning     refused: /dev/vdb is not blank\n"));
+	assert_null(strstr(out, "age recipient"));
+	free(out);
+	free(err);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_persist),
-	    cmocka_unit_test(test_fallback),
-	    cmocka_unit_test(test_not_a_record),
-	    cmocka_unit_test(test_network_line),
+	    cmocka_unit_test(test_persist),	 cmocka_unit_test(test_fallback),
+	    cmocka_unit_test(test_not_a_record), cmocka_unit_test(test_network_line),
+	    cmocka_unit_test(test_provisioned),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
