@@ -131,11 +131,12 @@ fuzz: $(BUILD)/fuzz/fuzz_plan $(BUILD)/fuzz/fuzz_token $(BUILD)/fuzz/fuzz_smbios
 # QEMU_CORE_KERNELS (trixie 6.12 LTS, forky 7.2; qemu-tests/stack.sh kernel SUITE): LUKS2 key on
 # the command line (luks-cmdline-key) and in a key file after a refused TPM2 unseal
 # (tpm2-pcr-mismatch), TPM2 (tpm2-ours), passphrase, the fallbacks (no-data-disk, wrong-key),
-# credentials (SMBIOS, fw_cfg), the bind store and the factory refresh in both store modes.
+# credentials (SMBIOS, fw_cfg), the bind store, the factory refresh in both store modes, and
+# provisioning a blank disk (provision-tpm2: LUKS2 format, dm-crypt, mkfs.btrfs on that kernel).
 # Initrds carry the kernel's modules: one build directory per kernel. Every run goes ahead even
 # when an earlier one failed; the target fails if any did.
 QEMU_CORE := luks-cmdline-key tpm2-ours tpm2-pcr-mismatch passphrase no-data-disk wrong-key \
-	credential-smbios credential-fw_cfg bind-store refresh-bind refresh-overlay
+	credential-smbios credential-fw_cfg bind-store refresh-bind refresh-overlay provision-tpm2
 QEMU_CORE_KERNELS := trixie forky
 qemu-check: $(BUILD)/factory-init.static
 	@rc=0; \
