@@ -61,6 +61,11 @@ int blank_choose(const struct dev_spec *spec, const struct blockdev *devs, size_
 			 count, list);
 		return -EEXIST;
 	}
+	if (*devs[found].holder) {
+		snprintf(why, why_len, "%s is in use (by %s); left untouched", devs[found].devname,
+			 devs[found].holder);
+		return -EBUSY;
+	}
 	return found;
 }
 

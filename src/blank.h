@@ -24,7 +24,8 @@ bool blank_is_provisional(const struct blockdev *dev);
 /*
  * The disk to provision among devs[0..n) (the scan, less the root's disk): the one spec names
  * (PERSIST_PATH, PERSIST_TAG), or under PERSIST_AUTO the one whole virtio disk (/dev/vdX). Returns
- * its index; -ENOENT when there is none, -EEXIST when several could be meant (why says which).
+ * its index; -ENOENT when there is none, -EEXIST when several could be meant, -EBUSY when it is in
+ * use (a holder: opened by another program), with why.
  */
 int blank_choose(const struct dev_spec *spec, const struct blockdev *devs, size_t n, char *why,
 		 size_t why_len);

@@ -152,47 +152,47 @@ static int format_luks(struct crypt_device *cd)
 	return r;
 }
 
-/* Seals a new key to the TPM2 and adds its slot and systemd-tpm2 token. Returns the slot. */
-static int add_tpm2_slot(struct crypt_device *cd, const struct plan *p, char *why, size_t why_len)
+/* Seals a new secret to the TPM2 (before anything is written: a TPM that fails leaves the disk
+ * untouched): the token's TPM fields in tok, the key slot's passphrase in pass. */
+static int seal_tpm2(const struct plan *p, struct tpm2_token *tok, struct secret *pass, char *why,
+		     size_t why_len)
 {
 	struct pcr_spec spec;
 	if (pcr_spec_parse(p->provision_pcrs, &spec, why, why_len) < 0)
 		return -EINVAL; /* the planner checked it: not reached */
-	struct tpm2_token tok;
-	memset(&tok, 0, sizeof(tok));
-	_cleanup_secret_ struct secret pass = {0};
+	return tpm2_seal(NULL, &spec, tok, pass, why, why_len);
+}
+
+/* Adds the sealed secret's key slot and its systemd-tpm2 token. Returns the slot. */
+static int add_tpm2_slot(struct crypt_device *cd, struct tpm2_token *tok, const struct secret *pass,
+			 char *why, size_t why_len)
+{
 	_cleanup_free_ char *json = NULL;
-	int r = tpm2_seal(NULL, &spec, &tok, &pass, why, why_len);
-	if (r < 0)
-		goto out;
 	struct crypt_pbkdf_type fast = {
 	    .type = CRYPT_KDF_PBKDF2,
 	    .hash = "sha512",
 	    .iterations = 1000,
 	    .flags = CRYPT_PBKDF_NO_BENCHMARK,
 	};
-	r = crypt_set_pbkdf_type(cd, &fast);
+	int r = crypt_set_pbkdf_type(cd, &fast);
 	if (r >= 0)
-		r = crypt_keyslot_add_by_volume_key(cd, CRYPT_ANY_SLOT, NULL, 0, pass.data,
-						    pass.len);
+		r = crypt_keyslot_add_by_volume_key(cd, CRYPT_ANY_SLOT, NULL, 0, pass->data,
+						    pass->len);
 	if (r < 0) {
 		snprintf(why, why_len, "adding the TPM2 key slot failed: %s", strerror(-r));
-		goto out;
+		return r;
 	}
 	int slot = r;
-	tok.keyslots[0] = slot;
-	tok.n_keyslots = 1;
-	json = tpm2_token_build(&tok);
+	tok->keyslots[0] = slot;
+	tok->n_keyslots = 1;
+	json = tpm2_token_build(tok);
 	r = json ? crypt_token_json_set(cd, CRYPT_ANY_TOKEN, json) : -ENOMEM;
 	if (r < 0) {
 		snprintf(why, why_len, "writing the TPM2 token failed: %s", strerror(-r));
 		crypt_keyslot_destroy(cd, slot);
-		goto out;
+		return r;
 	}
-	r = slot;
-out:
-	tpm2_token_free(&tok);
-	return r;
+	return slot;
 }
 
 static int add_key_slot(struct crypt_device *cd, const struct secret *key, char *why,
@@ -371,6 +371,31 @@ int provision_run(const struct plan *p, struct status *st, const struct dev_spec
 				     : "blank: no signature, the first and last MiB and sampled "
 				       "blocks all zeros");
 
+	/* The TPM2 secret first: if the TPM fails and there is no key, nothing is written. */
+	t = now_ms();
+	struct tpm2_token tok;
+	memset(&tok, 0, sizeof(tok));
+	_cleanup_secret_ struct secret tpm_pass = {0};
+	char tpm_why[256] = "";
+	bool sealed = false;
+	if (tpm) {
+		r = seal_tpm2(p, &tok, &tpm_pass, tpm_why, sizeof(tpm_why));
+		sealed = r >= 0;
+		status_step(st, "provision-tpm2", now_ms() - t, r < 0 ? r : 0);
+		if (!sealed) {
+			tpm2_token_free(&tok);
+			log_warn("provisioning %s: sealing to the TPM2 failed: %s", dev, tpm_why);
+			if (!key) {
+				snprintf(
+				    why, sizeof(why),
+				    "is left untouched: sealing to the TPM2 failed (%s) and there "
+				    "is no vm.luks.key credential",
+				    tpm_why);
+				return refuse(st, STATUS_REASON_PROVISION, "failed", r, dev, why);
+			}
+		}
+	}
+
 	t = now_ms();
 	__attribute__((cleanup(free_crypt))) struct crypt_device *cd = NULL;
 	unlock_setup(p->debug);
@@ -379,6 +404,8 @@ int provision_run(const struct plan *p, struct status *st, const struct dev_spec
 		r = format_luks(cd);
 	status_step(st, "provision-luks", now_ms() - t, r);
 	if (r < 0) {
+		if (sealed)
+			tpm2_token_free(&tok);
 		snprintf(why, sizeof(why), "LUKS2 format failed: %s", strerror(-r));
 		return refuse(st, STATUS_REASON_PROVISION, "failed", r, dev, why);
 	}
@@ -387,15 +414,13 @@ int provision_run(const struct plan *p, struct status *st, const struct dev_spec
 	t = now_ms();
 	int slots = 0;
 	bool tpm_ok = false, key_ok = false;
-	char tpm_why[256] = "";
-	if (tpm) {
-		r = add_tpm2_slot(cd, p, tpm_why, sizeof(tpm_why));
-		status_step(st, "provision-tpm2", now_ms() - t, r < 0 ? r : 0);
+	if (sealed) {
+		r = add_tpm2_slot(cd, &tok, &tpm_pass, tpm_why, sizeof(tpm_why));
+		tpm2_token_free(&tok);
 		if (r >= 0)
 			slots++, tpm_ok = true;
 		else
 			log_warn("provisioning %s: no TPM2 key slot: %s", dev, tpm_why);
-		t = now_ms();
 	}
 	if (key) {
 		r = add_key_slot(cd, key, why, sizeof(why));

@@ -4,11 +4,13 @@
  * /persist on the first boot. The decisions are blank.h's; this carries them out.
  *
  * The order, and why a power cut at any point is harmless:
- *   1. the blankness test (read only);
+ *   1. the blankness test (read only), and a new secret sealed to the TPM2 (a TPM that fails
+ *      with no vm.luks.key to fall back on leaves the disk untouched);
  *   2. LUKS2 formatted with the label PROVISIONAL_LABEL; its magic and label share the header's
  *      first 4 KiB sector, so the disk reads either as blank or as ours, unfinished;
- *   3. key slots: a systemd-tpm2 token sealed to vm.persist.provision.pcrs, and the vm.luks.key
- *      credential (or vm.luks.key=) when given, so the fleet manager can always unlock it;
+ *   3. key slots: the sealed secret's, with a systemd-tpm2 token (vm.persist.provision.pcrs), and
+ * the vm.luks.key credential (or vm.luks.key=) when given, so the fleet manager can always unlock
+ * it;
  *   4. mkfs.btrfs -L persist inside, mounted with vm.persist.options;
  *   5. the layout of create-data-disk: nix/, keys/ (0700) with a new age X25519 identity
  *      (keys/host.agekey 0600, keys/host.agekey.pub), config.json ({}, 0600 as stage 1 keeps it);

@@ -57,6 +57,12 @@ static void test_choose(void **state)
 	assert_int_equal(blank_choose(&autos, parts, 2, why, sizeof(why)), -ENOENT);
 	assert_non_null(strstr(why, "no virtio disk"));
 
+	/* in use by someone else (a mapping on it): never */
+	struct blockdev busy[] = {dev("/dev/vdb", "crypto_LUKS", PROVISIONAL_LABEL)};
+	strcpy(busy[0].holder, "dm-0");
+	assert_int_equal(blank_choose(&autos, busy, 1, why, sizeof(why)), -EBUSY);
+	assert_non_null(strstr(why, "in use (by dm-0)"));
+
 	/* a tag: a blank disk has none, so nothing is taken by LABEL= */
 	struct dev_spec tag = {PERSIST_TAG, "LABEL=persist", 0};
 	assert_int_equal(blank_choose(&tag, one, 1, why, sizeof(why)), -ENOENT);
