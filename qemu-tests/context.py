@@ -416,3 +416,13 @@ def reporter_lines(r, tag):
         if i >= 0:
             out.append(line[i + len(tag) + 3:].split())
     return out
+
+
+def reporter_stats(r):
+    """{path: (octal mode, uid, gid)} from the reporter's ``@@STAT`` lines."""
+    return {f[-1]: tuple(f[:-1]) for f in reporter_lines(r, "STAT") if len(f) == 4}
+
+
+def reporter_sha256(r):
+    """{path: hex digest} from the reporter's ``@@SHA256`` lines."""
+    return {f[1]: f[0] for f in reporter_lines(r, "SHA256") if len(f) == 2}

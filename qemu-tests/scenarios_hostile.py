@@ -15,7 +15,7 @@ import hashlib
 import harness
 from harness import Disk
 from context import (FI_APPEND, PERSIST_CONFIG, RUN_CONFIG, STORE_APPEND, check_no_secret,
-                     fi_initrd, fresh_btrfs, read_key, reporter_lines, same_disk, scenario,
+                     fi_initrd, fresh_btrfs, read_key, reporter_sha256, same_disk, scenario,
                      status_of, store_images)
 
 
@@ -84,7 +84,7 @@ def check_private_configs(ctx, r):
 
 def check_kept(ctx, r):
     """What boot 1's hook wrote to /persist/keep-me is still there, unchanged."""
-    shas = {f[1]: f[0] for f in reporter_lines(r, "SHA256") if len(f) == 2}
+    shas = reporter_sha256(r)
     want = hashlib.sha256(KEEP_ME.encode()).hexdigest()
     ctx.check(shas.get("/persist/keep-me") == want,
               f"{r.name}: /persist/keep-me lost or changed: {shas.get('/persist/keep-me')}")

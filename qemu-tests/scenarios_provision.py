@@ -12,8 +12,8 @@ import subprocess
 
 import harness
 from harness import Disk
-from context import (FI_APPEND, attempts, fresh_dir, reporter_lines, same_disk, scenario,
-                     status_of)
+from context import (FI_APPEND, attempts, fresh_dir, reporter_sha256, reporter_stats, same_disk,
+                     scenario, status_of)
 from context import FACTORY_INIT, check_metrics, fi_initrd, fi_modules
 
 #: A raw disk of this size is blank (a hole) unless a scenario writes to it.
@@ -136,7 +136,7 @@ def provision_tpm2(ctx):
     enc = subprocess.run(["age", "-r", rcpt], input=msg, stdout=subprocess.PIPE, check=True).stdout
     dec = subprocess.run(["age", "-d", "-i", keyfile], input=enc, stdout=subprocess.PIPE)
     ctx.check(dec.returncode == 0 and dec.stdout == msg, "age could not decrypt with the key")
-    stats = {f[-1]: tuple(f[:-1]) for f in reporter_lines(r, "STAT") if len(f) == 4}
+    stats = reporter_stats(r)
     for path, mode in (("/persist/keys", "700"), ("/persist/keys/host.agekey", "600"),
                        ("/persist/keys/host.agekey.pub", "644"), ("/persist/config.json", "600"),
                        ("/persist/nix", "755")):
@@ -160,8 +160,7 @@ def provision_tpm2(ctx):
     ctx.check(st2["outcome"] == "persist", f"boot 2: outcome {st2['outcome']}: {st2['reason']}")
     ctx.check(st2["provisioned"] is False, "boot 2 provisioned again")
     ctx.check(attempts(st2) == [("tpm2", True)], f"boot 2: attempts {attempts(st2)}")
-    sha = [{f[1]: f[0] for f in reporter_lines(b, "SHA256") if len(f) == 2}.get(
-        "/persist/keys/host.agekey") for b in (r, r2)]
+    sha = [reporter_sha256(b).get("/persist/keys/host.agekey") for b in (r, r2)]
     ctx.check(sha[0] and sha[0] == sha[1], f"boot 2: host.agekey changed: {sha}")
 
 
@@ -302,7 +301,7 @@ def provision_power_cut(ctx):
                      extra_args=tpm.qemu_args + key_credential())
     st = status_of(ctx, r)
     ctx.check(st["outcome"] == "persist", f"after cuts at {fired}: {st['outcome']}: {st['reason']}")
-    stats = {f[-1]: tuple(f[:-1]) for f in reporter_lines(r, "STAT") if len(f) == 4}
+    stats = reporter_stats(r)
     ctx.check(stats.get("/persist/keys/host.agekey") == ("600", "0", "0"),
               f"host.agekey: {stats.get('/persist/keys/host.agekey')}")
     meta = luks_dump(raw_of(ctx, vdb, "provision-cut"))

@@ -13,8 +13,8 @@ import subprocess
 import harness
 from harness import Disk
 from context import (FACTORY_INIT_DEV, FI_APPEND, PERSIST_CONFIG, RUN_CONFIG, TOP, attempts,
-                     boot_pcrs, check_no_secret, fi_initrd, fresh_dir, read_key, reporter_lines,
-                     scenario, status_of)
+                     boot_pcrs, check_no_secret, fi_initrd, fresh_dir, read_key, reporter_sha256,
+                     reporter_stats, scenario, status_of)
 
 
 CREATE_DATA_DISK = os.path.join(TOP, "nixos", "create-data-disk")
@@ -123,14 +123,14 @@ def data_disk_tool(ctx):
     for path in (PERSIST_CONFIG, RUN_CONFIG):
         ctx.check(path in r.files and r.json(path) == cfg, f"{path}: {r.files.get(path)}")
     ctx.check(r.marker_written, "no marker written under /nix (overlay on the new disk)")
-    stats = {f[-1]: tuple(f[:-1]) for f in reporter_lines(r, "STAT") if len(f) == 4}
+    stats = reporter_stats(r)
     for rel, (mode, uid, gid) in want.items():
         path = "/persist" + ("/" + rel if rel else "")
         if path in ("/persist/nix/upper", "/persist/nix/work"):
             continue        # not in the reporter's list
         ctx.check(stats.get(path) == (f"{mode:o}", str(uid), str(gid)),
                   f"{path} in the VM: {stats.get(path)}")
-    shas = {f[1]: f[0] for f in reporter_lines(r, "SHA256") if len(f) == 2}
+    shas = reporter_sha256(r)
     ctx.check(shas.get("/persist/keys/host.agekey") == key_sha,
               f"the VM's host.agekey differs from the image's: {shas}")
     check_no_secret(ctx, r, secret)

@@ -125,7 +125,6 @@ int enroll_tpm2_main(int argc, char **argv)
 	memset(&tok, 0, sizeof(tok));
 	_cleanup_secret_ struct secret old = {0};
 	_cleanup_secret_ struct secret pass = {0};
-	_cleanup_free_ char *json = NULL;
 	if (strcmp(crypt_get_type(cd), CRYPT_LUKS2) != 0) {
 		fprintf(stderr, "factory-init: %s is not LUKS2: tokens need LUKS2\n", device);
 		goto out;
@@ -143,13 +142,7 @@ int enroll_tpm2_main(int argc, char **argv)
 		fprintf(stderr, "factory-init: sealing to the TPM2 failed: %s\n", why);
 		goto out;
 	}
-	struct crypt_pbkdf_type pbkdf = {
-	    .type = CRYPT_KDF_PBKDF2,
-	    .hash = "sha512",
-	    .iterations = 1000,
-	    .flags = CRYPT_PBKDF_NO_BENCHMARK,
-	};
-	r = crypt_set_pbkdf_type(cd, &pbkdf);
+	r = unlock_use_tpm2_slot_pbkdf(cd);
 	if (r >= 0)
 		r = crypt_keyslot_add_by_passphrase(cd, CRYPT_ANY_SLOT, old.data, old.len,
 						    pass.data, pass.len);
@@ -159,15 +152,10 @@ int enroll_tpm2_main(int argc, char **argv)
 		goto out;
 	}
 	int slot = r;
-	tok.keyslots[0] = slot;
-	tok.n_keyslots = 1;
-	json = tpm2_token_build(&tok);
-	r = json ? crypt_token_json_set(cd, CRYPT_ANY_TOKEN, json) : -ENOMEM;
+	r = unlock_add_tpm2_token(cd, &tok, slot);
 	if (r < 0) {
-		fprintf(stderr,
-			"factory-init: writing the token failed: %s; removing key slot %d\n",
+		fprintf(stderr, "factory-init: writing the token failed: %s; key slot %d removed\n",
 			strerror(-r), slot);
-		crypt_keyslot_destroy(cd, slot);
 		goto out;
 	}
 	char list[80];

@@ -163,7 +163,7 @@ char *metrics_render(const struct status *st, const char *version)
 	fprintf(f, "factory_init_provisioned %d\n", st->provisioned);
 
 	family(f, "tpm2_present", "1 when the VM has a TPM2.");
-	fprintf(f, "factory_init_tpm2_present %d\n", *st->tpm2 && strcmp(st->tpm2, "none") != 0);
+	fprintf(f, "factory_init_tpm2_present %d\n", status_tpm2_present(st));
 	family(f, "tpm2_locked",
 	       "1 when stage 1 extended its lock PCR before stage 2 (tokens bound to it stay "
 	       "sealed).");

@@ -139,14 +139,7 @@ static int blank_test(const char *devname, struct blank_facts *f, char *why, siz
 static int format_luks(struct crypt_device *cd)
 {
 	struct crypt_params_luks2 params = {.label = PROVISIONAL_LABEL};
-	/* PBKDF2-1000 for the TPM2 slot, as systemd-cryptenroll: its key has 256 random bits. */
-	struct crypt_pbkdf_type fast = {
-	    .type = CRYPT_KDF_PBKDF2,
-	    .hash = "sha512",
-	    .iterations = 1000,
-	    .flags = CRYPT_PBKDF_NO_BENCHMARK,
-	};
-	int r = crypt_set_pbkdf_type(cd, &fast);
+	int r = unlock_use_tpm2_slot_pbkdf(cd);
 	if (r >= 0)
 		r = crypt_format(cd, CRYPT_LUKS2, "aes", "xts-plain64", NULL, NULL, 64, &params);
 	return r;
@@ -167,14 +160,7 @@ static int seal_tpm2(const struct plan *p, struct tpm2_token *tok, struct secret
 static int add_tpm2_slot(struct crypt_device *cd, struct tpm2_token *tok, const struct secret *pass,
 			 char *why, size_t why_len)
 {
-	_cleanup_free_ char *json = NULL;
-	struct crypt_pbkdf_type fast = {
-	    .type = CRYPT_KDF_PBKDF2,
-	    .hash = "sha512",
-	    .iterations = 1000,
-	    .flags = CRYPT_PBKDF_NO_BENCHMARK,
-	};
-	int r = crypt_set_pbkdf_type(cd, &fast);
+	int r = unlock_use_tpm2_slot_pbkdf(cd);
 	if (r >= 0)
 		r = crypt_keyslot_add_by_volume_key(cd, CRYPT_ANY_SLOT, NULL, 0, pass->data,
 						    pass->len);
@@ -183,13 +169,9 @@ static int add_tpm2_slot(struct crypt_device *cd, struct tpm2_token *tok, const 
 		return r;
 	}
 	int slot = r;
-	tok->keyslots[0] = slot;
-	tok->n_keyslots = 1;
-	json = tpm2_token_build(tok);
-	r = json ? crypt_token_json_set(cd, CRYPT_ANY_TOKEN, json) : -ENOMEM;
+	r = unlock_add_tpm2_token(cd, tok, slot);
 	if (r < 0) {
 		snprintf(why, why_len, "writing the TPM2 token failed: %s", strerror(-r));
-		crypt_keyslot_destroy(cd, slot);
 		return r;
 	}
 	return slot;
@@ -354,7 +336,7 @@ int provision_run(const struct plan *p, struct status *st, const struct dev_spec
 			      "/usr/sbin or /usr/bin (dracut-like/mkinitrd --provision adds it)");
 	const struct credential *cred = creds ? credentials_find(creds, "vm.luks.key") : NULL;
 	const struct secret *key = cred ? &cred->value : p->key.data ? &p->key : NULL;
-	bool tpm = strcmp(st->tpm2, "none") != 0 && *st->tpm2;
+	bool tpm = status_tpm2_present(st);
 	if (!tpm && !key)
 		return refuse(st, STATUS_REASON_PROVISION, "failed", -ENOKEY, dev,
 			      "is left untouched: there is no TPM2 and no vm.luks.key credential, "

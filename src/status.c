@@ -58,6 +58,11 @@ void status_reason(struct status *st, const char *code, const char *fmt, ...)
 	va_end(ap);
 }
 
+bool status_tpm2_present(const struct status *st)
+{
+	return *st->tpm2 && strcmp(st->tpm2, "none") != 0;
+}
+
 void status_step(struct status *st, const char *name, uint64_t ms, int result)
 {
 	if (st->n_steps >= STATUS_MAX_STEPS)

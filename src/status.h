@@ -115,6 +115,8 @@ void status_attempt(struct status *st, const char *device, const char *method, c
 void status_candidate(struct status *st, const char *device, const char *type, const char *label,
 		      const char *verdict, const char *detail);
 void status_step(struct status *st, const char *name, uint64_t ms, int result);
+/* Did the probe find a TPM2 (st->tpm2 neither "" nor "none")? */
+bool status_tpm2_present(const struct status *st);
 /* The status as JSON text; the caller frees it. (Written by the executor: stage1.c.) */
 char *status_to_json(const struct status *st);
 

@@ -90,6 +90,28 @@ int unlock_next_token(struct crypt_device *cd, const char *type, int *id, const 
 	return -ENOENT;
 }
 
+int unlock_use_tpm2_slot_pbkdf(struct crypt_device *cd)
+{
+	struct crypt_pbkdf_type pbkdf = {
+	    .type = CRYPT_KDF_PBKDF2,
+	    .hash = "sha512",
+	    .iterations = 1000,
+	    .flags = CRYPT_PBKDF_NO_BENCHMARK,
+	};
+	return crypt_set_pbkdf_type(cd, &pbkdf);
+}
+
+int unlock_add_tpm2_token(struct crypt_device *cd, struct tpm2_token *tok, int slot)
+{
+	tok->keyslots[0] = slot;
+	tok->n_keyslots = 1;
+	_cleanup_free_ char *json = tpm2_token_build(tok);
+	int r = json ? crypt_token_json_set(cd, CRYPT_ANY_TOKEN, json) : -ENOMEM;
+	if (r < 0)
+		crypt_keyslot_destroy(cd, slot);
+	return r;
+}
+
 int unlock_close(const char *name)
 {
 	return crypt_deactivate(NULL, name);

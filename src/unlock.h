@@ -37,6 +37,17 @@ int unlock_with_key(struct crypt_device *cd, const char *name, int keyslot,
  */
 int unlock_next_token(struct crypt_device *cd, const char *type, int *id, const char **json);
 
+/* The PBKDF for a TPM2 token's key slot, as systemd-cryptenroll sets it (the slot's passphrase is
+ * 256 random bits): PBKDF2-SHA512, 1000 iterations, no benchmark. Returns 0 or a negative errno. */
+int unlock_use_tpm2_slot_pbkdf(struct crypt_device *cd);
+
+struct tpm2_token;
+/*
+ * Writes tok as the systemd-tpm2 token of key slot slot (setting its keyslots to that one); on
+ * failure destroys that key slot again. Returns the token id, or a negative errno.
+ */
+int unlock_add_tpm2_token(struct crypt_device *cd, struct tpm2_token *tok, int slot);
+
 /* Closes /dev/mapper/<name> again (after a failed mount). */
 int unlock_close(const char *name);
 
