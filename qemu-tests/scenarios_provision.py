@@ -3,7 +3,9 @@
 provision-tpm2 (a blank disk becomes /persist, and boot 2 opens it with the TPM2 token alone; the
 age identity round-trips with Debian's age), provision-refused (each kind of non-blank disk, two
 blank disks, no mkfs.btrfs, nothing to unlock with: left untouched byte for byte),
-provision-unfinished (a disk left with our provisional label is made anew), provision-power-cut. The default (provisioning off) is blank-disk in scenarios_boot.
+provision-unfinished (a disk left with our provisional label is made anew; systemd's plugin
+unseals its token), provision-power-cut. Both ways to turn it on are used: the command line, and
+the SMBIOS credentials a fleet manager sets (provision-tpm2). The default (provisioning off) is blank-disk in scenarios_boot.
 """
 
 import json
@@ -22,6 +24,7 @@ SIZE = 512 << 20
 FLEET_KEY = "fleet-manager-key-0123456789abcdef"
 PROVISION = f"{FI_APPEND} vm.persist.provision"
 PROVISIONAL_LABEL = "factory-init-unfinished"
+SYSTEMD_UNLOCK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "systemd-unlock.sh")
 
 
 def mkfs_btrfs():
@@ -83,28 +86,39 @@ def key_credential():
     return ["-smbios", f"type=11,value=io.systemd.credential:vm.luks.key={FLEET_KEY}"]
 
 
+def credential(name, value):
+    """A system credential as libvirt's <oemStrings> or -smbios type=11 give it."""
+    return ["-smbios", f"type=11,value=io.systemd.credential:{name}={value}"]
+
+
 def hook_cat_key(ctx, name):
     return harness.stage2_hook("cat /persist/keys/host.agekey\n", ctx.path(""), name)
 
 
 @scenario("provision-tpm2")
 def provision_tpm2(ctx):
-    """A blank disk, a TPM and the fleet key as a credential: boot 1 makes the LUKS2 + Btrfs
-    /persist (label persist, a systemd-tpm2 token on PCRs 7+15, the key's slot), with the age
-    identity in keys/; boot 2 unlocks it with the TPM2 token alone and keeps what boot 1 wrote."""
+    """A blank disk, a TPM, and the fleet manager's two credentials (SMBIOS): the fleet key and
+    vm.persist.provision=1. Boot 1 makes the LUKS2 + Btrfs /persist (label persist, a
+    systemd-tpm2 token on PCRs 7+15, the key's slot), with the age identity in keys/; boot 2, with
+    neither credential, unlocks it with the TPM2 token alone and keeps what boot 1 wrote."""
     state = fresh_dir(ctx.path("provision-tpm2.tpm"))
     base = blank(ctx, "provision-tpm2")
     vdb = harness.overlay(base, ctx.path("provision-tpm2.vdb.qcow2"))
     disks = [Disk(ctx.disks.factory), Disk(vdb, "qcow2", snapshot=False)]
     with harness.Swtpm(state) as tpm:
-        r = ctx.boot("provision-tpm2", provision_initrd(ctx), disks, PROVISION,
+        r = ctx.boot("provision-tpm2", provision_initrd(ctx), disks, FI_APPEND,
                      extra_args=tpm.qemu_args + key_credential()
+                     + credential("vm.persist.provision", "1")
                      + hook_cat_key(ctx, "provision-tpm2"))
     st = status_of(ctx, r)
     ctx.check(st["outcome"] == "persist", f"outcome {st['outcome']}: {st['reason']}")
     ctx.check(st["provisioned"] is True, f"provisioned {st['provisioned']}")
     ctx.check(st["provision"] and st["provision"]["result"] == "done", f"provision {st['provision']}")
     ctx.check(st["unlock"] == "provision", f"unlock {st['unlock']}")
+    ctx.check(r.contains("from system credentials: vm.persist.provision=1"),
+              "no line naming the credential that turned provisioning on")
+    ctx.check(r.json("/run/factory-init/plan.json").get("provision") is True,
+              "plan.json: provision is not true")
     rcpt, uuid = st["age_recipient"], st["luks_uuid"]
     ctx.check(rcpt and rcpt.startswith("age1") and len(rcpt) == 62, f"age_recipient {rcpt!r}")
     line = [ln for ln in r.raw.splitlines() if "factory-init: provisioned /dev/vdb:" in ln]
@@ -154,7 +168,7 @@ def provision_tpm2(ctx):
 
     # Boot 2: the TPM2 token alone (no credential), and boot 1's files are there.
     with harness.Swtpm(state) as tpm:
-        r2 = ctx.boot("provision-tpm2-2", provision_initrd(ctx), disks, PROVISION,
+        r2 = ctx.boot("provision-tpm2-2", provision_initrd(ctx), disks, FI_APPEND,
                       extra_args=tpm.qemu_args)
     st2 = status_of(ctx, r2)
     ctx.check(st2["outcome"] == "persist", f"boot 2: outcome {st2['outcome']}: {st2['reason']}")
@@ -164,16 +178,18 @@ def provision_tpm2(ctx):
     ctx.check(sha[0] and sha[0] == sha[1], f"boot 2: host.agekey changed: {sha}")
 
 
-def refused_boot(ctx, name, images, append=PROVISION, initrd=None, tpm=True, key=True):
+def refused_boot(ctx, name, images, append=PROVISION, initrd=None, tpm=True, key=True, extra=(),
+                 want_result=False):
     """Boots with IMAGES as data disks (raw bases, behind overlays) and provisioning on; checks
-    the fallback and that every disk still reads as its base. Returns the status."""
+    the fallback and that every disk still reads as its base. Returns the status (and the boot's
+    result with want_result)."""
     disks = [Disk(ctx.disks.factory)]
     pairs = []
     for i, base in enumerate(images):
         vd = harness.overlay(base, ctx.path(f"{name}.{i}.qcow2"))
         pairs.append((base, vd))
         disks.append(Disk(vd, "qcow2", snapshot=False))
-    extra = key_credential() if key else []
+    extra = (key_credential() if key else []) + list(extra)
     initrd = initrd or provision_initrd(ctx)
     if tpm:
         with harness.Swtpm(fresh_dir(ctx.path(f"{name}.tpm"))) as t:
@@ -186,7 +202,7 @@ def refused_boot(ctx, name, images, append=PROVISION, initrd=None, tpm=True, key
     for base, vd in pairs:
         ctx.check(same_disk(base, vd), f"{name}: {os.path.basename(base)} was written to")
     ctx.diag(f"{name}: {st['reason']}")
-    return st
+    return (st, r) if want_result else st
 
 
 @scenario("provision-refused")
@@ -247,23 +263,45 @@ def provision_refused(ctx):
 @scenario("provision-unfinished")
 def provision_unfinished(ctx):
     """A disk with our provisional LUKS2 label (what a power cut before the last step leaves) is
-    refused as a data disk without provisioning, and made anew with it."""
+    refused as a data disk without provisioning (a credential turns provisioning on, the command
+    line's vm.persist.provision=0 outranks it), and made anew with it, sealed to PCR 15 alone as
+    a credential vm.persist.provision.pcrs asks; systemd 252's own token plugin then unseals the
+    token the guest made."""
     base = blank(ctx, "provision-unfinished")
     subprocess.run(["cryptsetup", "luksFormat", "-q", "--type", "luks2", "--label",
                     PROVISIONAL_LABEL, "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000",
                     "--key-file", "-", base], input=b"k", check=True)
-    st = refused_boot(ctx, "provision-unfinished-off", [base], FI_APPEND)
+    st, r = refused_boot(ctx, "provision-unfinished-off", [base], f"{FI_APPEND} vm.persist.provision=0",
+                         extra=credential("vm.persist.provision", "1"), want_result=True)
     ctx.check("did not finish" in (st["reason"] or ""), f"reason {st['reason']!r}")
+    ctx.check(st["provision"] is None, f"provision {st['provision']}")
+    ctx.check(r.contains("the command line overrides the credentials' vm.persist.provision"),
+              "no line saying the command line overrode the credential")
     vdb = harness.overlay(base, ctx.path("provision-unfinished.vdb.qcow2"))
-    r = ctx.boot("provision-unfinished", provision_initrd(ctx),
-                 [Disk(ctx.disks.factory), Disk(vdb, "qcow2", snapshot=False)], PROVISION,
-                 extra_args=key_credential())
+    state = fresh_dir(ctx.path("provision-unfinished.tpm"))
+    pcrs = "15:sha256=" + "0" * 64
+    with harness.Swtpm(state) as tpm:
+        r = ctx.boot("provision-unfinished", provision_initrd(ctx),
+                     [Disk(ctx.disks.factory), Disk(vdb, "qcow2", snapshot=False)], PROVISION,
+                     extra_args=tpm.qemu_args + key_credential()
+                     + credential("vm.persist.provision.pcrs", pcrs))
     st = status_of(ctx, r)
     ctx.check(st["outcome"] == "persist", f"outcome {st['outcome']}: {st['reason']}")
     ctx.check(st["provisioned"] is True, "not provisioned")
-    meta = luks_dump(raw_of(ctx, vdb, "provision-unfinished"))
+    ctx.check(r.contains(f"from system credentials: vm.persist.provision.pcrs={pcrs}"),
+              "no line naming the PCR credential")
+    img = raw_of(ctx, vdb, "provision-unfinished")
+    meta = luks_dump(img)
     ctx.check(meta and meta.get("label") == "persist", f"label {meta and meta.get('label')!r}")
-    ctx.check(meta and not meta.get("tokens"), f"tokens without a TPM: {meta and meta['tokens']}")
+    toks = list((meta or {}).get("tokens", {}).values())
+    ctx.check(len(toks) == 1 and toks[0]["type"] == "systemd-tpm2" and toks[0]["tpm2-pcrs"] == [15],
+              f"tokens {toks}")
+    # systemd's plugin on the host, against the VM's swtpm state after a power-on (PCR 15 zero).
+    s = subprocess.run([SYSTEMD_UNLOCK, img, state], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True)
+    ctx.diag(s.stdout.strip().splitlines()[-1] if s.stdout.strip() else "no output")
+    ctx.check(s.returncode == 0,
+              f"systemd's plugin did not unseal the token the guest made: {s.stdout[-400:]}")
 
 
 @scenario("provision-power-cut")

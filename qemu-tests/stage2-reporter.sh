@@ -39,7 +39,8 @@ while IFS= read -r line || [ -n "$line" ]; do
     echo "@@MOUNT $line"
 done </proc/mounts
 
-for f in /run/factory-init/status.json /run/vm-config.json /persist/config.json \
+for f in /run/factory-init/status.json /run/factory-init/plan.json /run/vm-config.json \
+         /persist/config.json \
          /run/factory-init/metrics/factory-init.prom \
          /run/systemd/network/10-factory-init-static.network; do
     if [ -f "$f" ] && [ -r "$f" ]; then

@@ -18,6 +18,7 @@ struct vm_key {
 	const char *name;
 	enum vm_key_kind kind;
 	check_fn check;
+	bool credential; /* a control or flag key that a system credential may set */
 };
 
 static int fail(char *why, size_t why_len, const char *reason)
@@ -260,8 +261,8 @@ static const struct vm_key known_keys[] = {
     {"persist.options", VM_KEY_CONTROL, check_mount_options},
     {"persist.encrypted", VM_KEY_CONTROL, check_encrypted},
     {"persist.opened", VM_KEY_CONTROL, check_opened},
-    {"persist.provision", VM_KEY_FLAG, check_flag},
-    {"persist.provision.pcrs", VM_KEY_CONTROL, check_pcrs},
+    {"persist.provision", VM_KEY_FLAG, check_flag, true},
+    {"persist.provision.pcrs", VM_KEY_CONTROL, check_pcrs, true},
     {"store", VM_KEY_CONTROL, check_store},
     {"luks.key", VM_KEY_SECRET, check_key},
     {"luks.keyfile", VM_KEY_CONTROL, check_abs_path},
@@ -281,6 +282,12 @@ static const struct vm_key *find_key(const char *name)
 		if (strcmp(known_keys[i].name, name) == 0)
 			return &known_keys[i];
 	return NULL;
+}
+
+bool vm_key_from_credential(const char *name)
+{
+	const struct vm_key *k = find_key(name);
+	return k && k->credential;
 }
 
 int vm_key_kind(const char *name, enum vm_key_kind *kind, char *why, size_t why_len)

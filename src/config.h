@@ -29,6 +29,15 @@ enum vm_key_kind {
 int vm_key_kind(const char *name, enum vm_key_kind *kind, char *why, size_t why_len);
 
 /*
+ * Whether a system credential may set this control or flag key (without "vm."): only
+ * persist.provision and persist.provision.pcrs, the fleet manager's first-boot instruction, which
+ * can only ever write to a disk that passes every blankness test. The keys that choose or unlock
+ * the disk stay with the command line and the image, so that a credential from a less trusted
+ * place (in helper mode, systemd-stub's credentials from the ESP) cannot redirect them.
+ */
+bool vm_key_from_credential(const char *name);
+
+/*
  * Checks a value for the key `name` (without "vm."). Returns 0, or -EINVAL with a reason in why
  * that never quotes the value of a secret key.
  */

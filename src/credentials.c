@@ -436,7 +436,8 @@ int credentials_config_layer(const struct credentials *set, struct json_object *
 		}
 		if (kind == VM_KEY_SECRET)
 			continue; /* the caller takes it with credentials_find */
-		if ((kind == VM_KEY_CONTROL || kind == VM_KEY_FLAG) && !ctl) {
+		if ((kind == VM_KEY_CONTROL || kind == VM_KEY_FLAG) &&
+		    (!ctl || !vm_key_from_credential(key))) {
 			config_warnf(
 			    warn, ctx,
 			    "credential %s from %s: credentials cannot set this key; ignored", nm,

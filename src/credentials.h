@@ -136,10 +136,11 @@ const char *credentials_default_dir(void);
  * string. A value must be text: no NUL, valid UTF-8, no control characters, after dropping one
  * trailing newline ("\n" or "\r\n"); then vm_key_check must pass. Credentials not named vm.* are
  * for stage 2's systemd and are left alone silently; secret keys (vm.luks.key) are left alone
- * silently too, for the caller to take with credentials_find. Control and flag keys go into
- * *control when control is non-NULL, else they are ignored with a warning. Every other rejection
- * is warned about, naming the credential and its source, never quoting the value. Returns 0
- * (with *out, and *control when asked, fresh objects) or -ENOMEM.
+ * silently too, for the caller to take with credentials_find. The control and flag keys a
+ * credential may set (vm_key_from_credential) go into *control when control is non-NULL; every
+ * other control or flag key, and those too when control is NULL, is ignored with a warning. Every
+ * other rejection is warned about, naming the credential and its source, never quoting the value.
+ * Returns 0 (with *out, and *control when asked, fresh objects) or -ENOMEM.
  */
 int credentials_config_layer(const struct credentials *set, struct json_object **out,
 			     struct json_object **control, config_warn_fn warn, void *ctx);

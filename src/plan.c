@@ -212,6 +212,15 @@ static bool parse_int(const char *v, int *out)
 	return true;
 }
 
+/* A control key from the command line: applied, and remembered when a credential could set it. */
+static void apply_cmdline_control(struct plan *p, const char *name, const char *value)
+{
+	apply_control(p, name, value);
+	if (vm_key_from_credential(name) && p->n_cmdline_controls < ARRAY_SIZE(p->cmdline_controls))
+		strscpy(p->cmdline_controls[p->n_cmdline_controls++], name,
+			sizeof(p->cmdline_controls[0]));
+}
+
 static void apply_vm_key(struct plan *p, const char *name, const char *value)
 {
 	char why[256], shown[96];
@@ -223,7 +232,7 @@ static void apply_vm_key(struct plan *p, const char *name, const char *value)
 	}
 	if (!value) {
 		if (kind == VM_KEY_FLAG) {
-			apply_control(p, name, NULL);
+			apply_cmdline_control(p, name, NULL);
 			goto wipe;
 		}
 		plan_warn(p, "vm.%s needs a value (vm.%s=...); ignored", name, name);
@@ -245,7 +254,7 @@ static void apply_vm_key(struct plan *p, const char *name, const char *value)
 		break;
 	case VM_KEY_CONTROL:
 	case VM_KEY_FLAG:
-		apply_control(p, name, value);
+		apply_cmdline_control(p, name, value);
 		break;
 	case VM_KEY_CONFIG:
 		json_object_object_add(p->config_cmdline, name, json_object_new_string(value));
@@ -388,6 +397,40 @@ int plan_build(const char *cmdline_text, const char *embedded_config, struct pla
 	 * credential given there is (systemd.set_credential=vm.luks.key:...). */
 	p->key_in_cmdline = p->key.data || credentials_find(&p->creds, "vm.luks.key");
 	return 0;
+}
+
+static bool on_cmdline(const struct plan *p, const char *name)
+{
+	for (size_t i = 0; i < p->n_cmdline_controls; i++)
+		if (strcmp(p->cmdline_controls[i], name) == 0)
+			return true;
+	return false;
+}
+
+void plan_apply_credentials(struct plan *p, struct json_object *control, char *applied,
+			    size_t applied_len, char *overridden, size_t overridden_len)
+{
+	size_t na = 0, no = 0;
+	applied[0] = overridden[0] = '\0';
+	if (!control)
+		return;
+	json_object_object_foreach(control, key, val)
+	{
+		const char *v = json_object_get_string(val);
+		/* credentials_config_layer validated both; a key it should have kept is skipped. */
+		if (!vm_key_from_credential(key) || !v)
+			continue;
+		if (on_cmdline(p, key)) {
+			if (no < overridden_len)
+				no += (size_t)snprintf(overridden + no, overridden_len - no,
+						       "%svm.%s", no ? ", " : "", key);
+			continue;
+		}
+		apply_control(p, key, v);
+		if (na < applied_len)
+			na += (size_t)snprintf(applied + na, applied_len - na, "%svm.%s=%s",
+					       na ? ", " : "", key, v);
+	}
 }
 
 void plan_free(struct plan *p)

@@ -101,6 +101,10 @@ struct plan {
 	 */
 	struct credentials creds;
 	bool import_credentials;
+	/* The credential-settable control keys (vm_key_from_credential) the command line set: it
+	 * outranks credentials. */
+	char cmdline_controls[4][VM_NAME_MAX + 1];
+	size_t n_cmdline_controls;
 
 	/* Config layers (json-c objects, owned) before /persist is seen. */
 	struct json_object *config_embedded;
@@ -127,6 +131,14 @@ struct plan {
  */
 int plan_build(const char *cmdline, const char *embedded_config, struct plan *plan);
 void plan_free(struct plan *plan);
+/*
+ * Applies the control keys system credentials set (control: credentials_config_layer's control
+ * layer, NULL for none) above the embedded config and below the command line. Writes what it
+ * applied ("vm.persist.provision=1, ...", "" for nothing) to applied, and what the command line
+ * overrode to overridden. Pure.
+ */
+void plan_apply_credentials(struct plan *plan, struct json_object *control, char *applied,
+			    size_t applied_len, char *overridden, size_t overridden_len);
 /* Completes the plan for how factory-init runs: as PID 1 (false) or inside another stage 1. */
 void plan_set_mode(struct plan *plan, bool helper);
 

@@ -251,7 +251,7 @@ static void network_step(struct status *st, struct json_object *merged)
 /* Merges the config layers and writes /persist/config.json and /run/vm-config.json; persist_fd
  * is /persist when it is mounted, else -1. */
 static int config_step(const struct plan *p, struct status *st, int persist_fd,
-		       const struct credentials *creds)
+		       struct json_object *from_creds)
 {
 	struct json_object *persisted = NULL;
 	int r;
@@ -287,14 +287,10 @@ static int config_step(const struct plan *p, struct status *st, int persist_fd,
 			}
 		}
 	}
-	struct json_object *from_creds = NULL;
-	if (credentials_config_layer(creds, &from_creds, NULL, config_warn, st) < 0)
-		return -ENOMEM;
 	struct json_object *layers[] = {p->config_embedded, persisted, from_creds,
 					p->config_cmdline};
 	struct json_object *merged = config_merge(layers, ARRAY_SIZE(layers));
 	json_object_put(persisted);
-	json_object_put(from_creds);
 	if (!merged)
 		return -ENOMEM;
 	network_step(st, merged);
@@ -528,6 +524,18 @@ void persist_setup(struct plan *p, struct status *st, const char *root)
 					      credential_source_name(creds.items[i].source));
 		log_info("system credentials: %s", names);
 	}
+	/* Parsed once: the config layer waits for the merge, the control keys go into the plan. */
+	struct json_object *from_creds = NULL, *control = NULL;
+	if (credentials_config_layer(&creds, &from_creds, &control, config_warn, st) < 0)
+		log_err("system credentials: out of memory; none taken");
+	char applied[512], overridden[256];
+	plan_apply_credentials(p, control, applied, sizeof(applied), overridden,
+			       sizeof(overridden));
+	json_object_put(control);
+	if (*applied)
+		log_info("from system credentials: %s", applied);
+	if (*overridden)
+		log_info("the command line overrides the credentials' %s", overridden);
 	status_step(st, "credentials", now_ms() - t, 0);
 	t = now_ms();
 
@@ -602,7 +610,8 @@ config:
 	if (!st->persist)
 		log_err("booting on the factory store: %s", st->reason);
 	t = now_ms();
-	r = config_step(p, st, persist_fd, &creds);
+	r = config_step(p, st, persist_fd, from_creds);
+	json_object_put(from_creds);
 	credentials_free(&creds);
 	status_step(st, "config", now_ms() - t, r);
 	tpm2_lock_step(st);

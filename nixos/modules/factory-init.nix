@@ -340,7 +340,10 @@ in
           a new age identity in keys/host.agekey. A disk is blank only when libblkid finds no
           signature and its first and last MiB and 256 sampled blocks are zeros; any other disk
           is never written to. Adds mkfs.btrfs to the initrd. Not with
-          `unlockWith = "systemd-cryptsetup"`.
+          `unlockWith = "systemd-cryptsetup"`. A VM manager can override this per VM with the
+          system credential `vm.persist.provision` (SMBIOS `io.systemd.credential:vm.persist.provision=0`,
+          or `=1`, which provisions only where the initrd has mkfs.btrfs, i.e. with this on);
+          `vm.persist.provision` on the kernel command line outranks both.
         '';
       };
       pcrs = mkOption {

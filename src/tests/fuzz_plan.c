@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /* libFuzzer target: any command line plus any embedded config must yield a plan, never a crash,
- * and the plan's JSON must not depend on the vm.luks.key value (only on whether one was given). */
+ * and the plan's JSON must not depend on the vm.luks.key value (only on whether one was given).
+ * The command line's own credentials (systemd.set_credential=) then go through the control layer
+ * into the plan as stage 1 applies those of fw_cfg and SMBIOS. */
 #include <json-c/json.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -9,6 +11,12 @@
 #include "plan.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+static void ignore(void *ctx, const char *message)
+{
+	(void)ctx;
+	(void)message;
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -32,6 +40,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			free(again);
 		}
 		free(text);
+		struct json_object *layer = NULL, *control = NULL;
+		if (credentials_config_layer(&p.creds, &layer, &control, ignore, NULL) == 0) {
+			char applied[512], overridden[256];
+			plan_apply_credentials(&p, control, applied, sizeof(applied), overridden,
+					       sizeof(overridden));
+			if (strlen(applied) >= sizeof(applied) ||
+			    strlen(overridden) >= sizeof(overridden))
+				abort();
+			free(plan_to_json(&p));
+		}
+		json_object_put(layer);
+		json_object_put(control);
 		plan_free(&p);
 	}
 	free(buf);

@@ -659,6 +659,8 @@ static void test_config_layer(void **state)
 	    {"vm.luks.key", SECRET},
 	    {"vm.persist", "LABEL=data"},
 	    {"vm.debug", "1"},
+	    {"vm.persist.provision", "1\n"},
+	    {"vm.persist.provision.pcrs", "7+15"},
 	    {"vm.branch", "a..b"},
 	    {"vm.bad key", "x"},
 	    {"vm.persist.bogus", "x"},
@@ -696,6 +698,10 @@ static void test_config_layer(void **state)
 	assert_warned(
 	    "credential vm.persist from smbios: credentials cannot set this key; ignored");
 	assert_warned("credential vm.debug from smbios: credentials cannot set this key; ignored");
+	assert_warned("credential vm.persist.provision from smbios: credentials cannot set this "
+		      "key; ignored");
+	assert_warned("credential vm.persist.provision.pcrs from smbios: credentials cannot set "
+		      "this key; ignored");
 	assert_warned("credential vm.branch from smbios: value is not a valid git branch name");
 	assert_warned("credential vm.bad key from smbios: key name may hold only");
 	assert_warned("credential vm.persist.bogus from smbios: is not a key this version knows");
@@ -708,18 +714,25 @@ static void test_config_layer(void **state)
 	assert_null(strstr(warnings, "luks"));
 	assert_null(strstr(warnings, "firstboot"));
 	assert_null(strstr(warnings, "vmnot"));
-	assert_int_equal(n_warnings, 10);
+	assert_int_equal(n_warnings, 12);
 	json_object_put(layer);
 
-	/* With a control object, control and flag keys go there. */
+	/* With a control object, the control and flag keys a credential may set go there (the
+	 * provisioning keys); vm.persist and vm.debug are still refused. */
 	reset(NULL);
 	assert_int_equal(credentials_config_layer(&set, &layer, &control, collect, NULL), 0);
 	assert_int_equal(json_object_object_length(layer), 3);
 	assert_int_equal(json_object_object_length(control), 2);
-	assert_string_equal(json_object_get_string(json_object_object_get(control, "persist")),
-			    "LABEL=data");
-	assert_string_equal(json_object_get_string(json_object_object_get(control, "debug")), "1");
-	assert_int_equal(n_warnings, 8);
+	assert_string_equal(
+	    json_object_get_string(json_object_object_get(control, "persist.provision")), "1");
+	assert_string_equal(
+	    json_object_get_string(json_object_object_get(control, "persist.provision.pcrs")),
+	    "7+15");
+	assert_warned(
+	    "credential vm.persist from smbios: credentials cannot set this key; ignored");
+	assert_warned("credential vm.debug from smbios: credentials cannot set this key; ignored");
+	assert_null(strstr(warnings, "provision"));
+	assert_int_equal(n_warnings, 10);
 	json_object_put(layer);
 	json_object_put(control);
 

@@ -515,6 +515,73 @@ static void test_provision(void **state)
 	plan_free(&p);
 }
 
+#define ZERO64 "0000000000000000000000000000000000000000000000000000000000000000"
+
+/* A credential's control layer as credentials_config_layer makes it. */
+static struct json_object *controls(const char *provision, const char *pcrs)
+{
+	struct json_object *o = json_object_new_object();
+	if (provision)
+		json_object_object_add(o, "persist.provision", json_object_new_string(provision));
+	if (pcrs)
+		json_object_object_add(o, "persist.provision.pcrs", json_object_new_string(pcrs));
+	/* Never from a credential: skipped even if a layer held it. */
+	json_object_object_add(o, "persist", json_object_new_string("/dev/vdc"));
+	return o;
+}
+
+/* Credentials set the provisioning keys above the embedded config and below the command line. */
+static void test_provision_credentials(void **state)
+{
+	(void)state;
+	struct plan p;
+	char applied[512], overridden[256];
+	struct json_object *c = controls("1", "15:sha256=" ZERO64);
+
+	assert_int_equal(plan_build("", "{\"persist.provision\": \"0\"}", &p), 0);
+	plan_apply_credentials(&p, c, applied, sizeof(applied), overridden, sizeof(overridden));
+	assert_true(p.provision);
+	assert_string_equal(p.provision_pcrs, "15:sha256=" ZERO64);
+	assert_string_equal(p.persist, "auto");
+	assert_string_equal(applied,
+			    "vm.persist.provision=1, vm.persist.provision.pcrs=15:sha256=" ZERO64);
+	assert_string_equal(overridden, "");
+	plan_free(&p);
+
+	/* The command line wins, key by key; other control keys on it do not count. */
+	assert_int_equal(plan_build("vm.persist.provision=0 vm.persist=/dev/vdb", NULL, &p), 0);
+	plan_apply_credentials(&p, c, applied, sizeof(applied), overridden, sizeof(overridden));
+	assert_false(p.provision);
+	assert_string_equal(p.provision_pcrs, "15:sha256=" ZERO64);
+	assert_string_equal(p.persist, "/dev/vdb");
+	assert_string_equal(applied, "vm.persist.provision.pcrs=15:sha256=" ZERO64);
+	assert_string_equal(overridden, "vm.persist.provision");
+	plan_free(&p);
+
+	assert_int_equal(plan_build("vm.persist.provision vm.persist.provision.pcrs=7", NULL, &p),
+			 0);
+	plan_apply_credentials(&p, c, applied, sizeof(applied), overridden, sizeof(overridden));
+	assert_true(p.provision);
+	assert_string_equal(p.provision_pcrs, "7");
+	assert_string_equal(applied, "");
+	assert_string_equal(overridden, "vm.persist.provision, vm.persist.provision.pcrs");
+	plan_free(&p);
+	json_object_put(c);
+
+	/* No layer, or an empty one: nothing changes. */
+	assert_int_equal(plan_build("", NULL, &p), 0);
+	plan_apply_credentials(&p, NULL, applied, sizeof(applied), overridden, sizeof(overridden));
+	assert_false(p.provision);
+	assert_string_equal(applied, "");
+	c = controls("off", NULL);
+	plan_apply_credentials(&p, c, applied, sizeof(applied), overridden, sizeof(overridden));
+	assert_false(p.provision);
+	assert_string_equal(p.provision_pcrs, DEFAULT_PROVISION_PCRS);
+	assert_string_equal(applied, "vm.persist.provision=off");
+	json_object_put(c);
+	plan_free(&p);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -534,6 +601,7 @@ int main(void)
 	    cmocka_unit_test(test_persist_encrypted),
 	    cmocka_unit_test(test_key_in_cmdline),
 	    cmocka_unit_test(test_provision),
+	    cmocka_unit_test(test_provision_credentials),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
