@@ -1,7 +1,8 @@
 #!/bin/sh
 # mkforkyroot.sh - a factory root whose stage 2 is systemd (Debian forky, systemd 262).
 #
-# Usage: qemu-tests/mkforkyroot.sh [--force] [--kernel KDIR] [--factory-init BIN] OUTDIR
+# Usage: qemu-tests/mkforkyroot.sh [--force] [--kernel KDIR] [--factory-init BIN]
+#        [--nix-store|--nix-refresh] OUTDIR
 #
 # Writes OUTDIR/forky-root.img: an ext4 image (label "factory", mkfs.ext4 -d: no root mounts,
 # no loop devices) built from a COPY of the cached forky tree (qemu-tests/stack.sh tree forky;
@@ -24,6 +25,14 @@
 # is the factory base's DHCP fallback (every physical Ethernet interface).
 # --factory-init BIN: the static binary at /usr/local/bin/factory-init, so that stage 2 can run
 # `factory-init status` (the reporter prints it: @@STATUSVIEW| <line>, @@STATUSVIEW rc=<n>).
+# --nix-store: OUTDIR/forky-nix-root.img instead, whose /nix is the real store of
+# mknixstore.sh (40 paths, its db.sqlite, profiles, gcroots, .links, nix-path-registration;
+# hard links between symlinks restored by ext4links.py) and which carries nix-store-check.sh's
+# Nix checks in /usr/lib/factory-test/nix (--guest-conf): with factory.test.nix=MODE:PHASE on
+# the command line (MODE bind or overlay, PHASE first or second) the reporter runs them with
+# forky's Nix on the /nix factory-init made and prints @@NIX| <line> and @@NIX rc=<n>.
+# --nix-refresh: the same, OUTDIR/forky-nix-root-refresh.img, with mknixstore.sh's refresh
+# variant (a newer factory image: 6 paths added, 6 removed).
 # Two units of ours (in /etc/systemd/system, enabled in multi-user.target):
 #   factory-test-reporter.service  Type=exec, After=multi-user.target: runs
 #       /usr/lib/factory-test/reporter.sh (systemctl is-system-running --wait, then the @@
@@ -57,11 +66,14 @@ PATH=$PATH:/sbin:/usr/sbin
 force=0
 kdir=
 fibin=
+nixstore=0
 while [ $# -gt 0 ]; do
     case $1 in
         --force) force=1; shift ;;
         --kernel) kdir=$2; shift 2 ;;
         --factory-init) fibin=$2; shift 2 ;;
+        --nix-store) nixstore=1; shift ;;
+        --nix-refresh) nixstore=refresh; shift ;;
         -h|--help) sed -n '2,/^set -eu/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         -*) echo "mkforkyroot.sh: unknown option $1" >&2; exit 2 ;;
         *) break ;;
@@ -77,6 +89,13 @@ out=$1
 mkdir -p "$out/.stamps"
 out=$(cd "$out" && pwd)
 img=forky-root.img
+nixbase=
+if [ "$nixstore" != 0 ]; then
+    img=forky-nix-root.img variant=base
+    [ "$nixstore" = 1 ] || img=forky-nix-root-refresh.img variant=refresh
+    nixbase=$(sh "$HERE/mknixstore.sh" -q --variant $variant | tail -n 1)
+    [ -f "$nixbase/.complete" ] || { echo "mkforkyroot.sh: no store from mknixstore.sh" >&2; exit 1; }
+fi
 
 EPOCH=${SOURCE_DATE_EPOCH:-0}
 # Fixed identifiers (another UUID than factory.img's); NIX_HASH is mkdisks.sh's fake store path.
@@ -91,7 +110,8 @@ tree=$("$HERE/stack.sh" -q tree forky | tail -n 1)
     { say "no complete forky tree at $tree"; exit 1; }
 
 h=$({ echo "epoch=$EPOCH kver=$kver"; cat "$0" "$tree/.versions"; stat -c '%Y' "$tree/.complete"
-      [ -z "$fibin" ] || sha256sum <"$fibin"; } |
+      [ -z "$fibin" ] || sha256sum <"$fibin"
+      [ -z "$nixbase" ] || cat "$nixbase/manifest.json" "$HERE/nix-store-check.sh" "$HERE/ext4links.py"; } |
     sha256sum | cut -d' ' -f1)
 if [ "$force" = 0 ] && [ -f "$out/$img" ] && [ -f "$out/.stamps/$img" ] &&
    [ "$(cat "$out/.stamps/$img")" = "$h $(stat -c '%s %Y' "$out/$img")" ]; then
@@ -213,6 +233,21 @@ for f in /run/factory-init/status.json /run/vm-config.json /persist/config.json 
         echo "@@NOFILE $f"
     fi
 done
+# factory.test.nix=MODE:PHASE (--nix-store): nix-store-check.sh's Nix checks on this /nix.
+nixt=
+for w in $(cat /proc/cmdline); do
+    case $w in factory.test.nix=?*:?*) nixt=${w#*=} ;; esac
+done
+if [ -n "$nixt" ] && [ -d /usr/lib/factory-test/nix ]; then
+    nmode=${nixt%%:*} nconf=nix.conf
+    [ "$nmode" != overlay ] || nconf=nix-overlay.conf
+    mkdir -p /tmp/conf && cp /usr/lib/factory-test/nix/* /tmp/conf/
+    env -i PATH=/usr/bin:/bin LC_ALL=C.UTF-8 sh /tmp/conf/inner.sh "$nmode" "$nconf" "${nixt#*:}" \
+        >/run/fi-nix.out 2>&1
+    rc=$?
+    sed 's/^/@@NIX| /' /run/fi-nix.out
+    echo "@@NIX rc=$rc"
+fi
 marker=/nix/var/factory-test/marker
 if [ -f "$marker" ]; then
     echo "@@MARKER found $(cat "$marker" 2>/dev/null)"
@@ -324,6 +359,13 @@ find "$root" -exec touch -h -d "@$EPOCH" {} +
 printf 'TIMESTAMP_NSEC=%s000000000\n' "$EPOCH" > "$root/etc/.updated"
 touch -d "@$EPOCH" "$root/etc/.updated" "$root/etc"
 
+# ---- the real store (after the times were fixed: it keeps Nix's own), and the Nix checks
+if [ -n "$nixbase" ]; then
+    rm -rf "$root/nix/store" "$root/nix/var"
+    cp -a "$nixbase/nix/." "$root/nix/"
+    sh "$HERE/nix-store-check.sh" --guest-conf "$root/usr/lib/factory-test/nix"
+fi
+
 # ---- the image: the tree's size plus a margin
 kib=$(du -sk --apparent-size "$root" | cut -f1)
 files=$(find "$root" | wc -l)
@@ -332,6 +374,7 @@ size_mib=$(( (kib * 105 / 100 + files * 2) / 1024 + 32 ))
 truncate -s "${size_mib}M" "$tmp/$img"
 mkfs.ext4 -q -F -L factory -U "$ROOT_UUID" -N $((files + 4096)) \
     -E "hash_seed=$ROOT_HASH_SEED,root_owner=0:0" -d "$root" "$tmp/$img"
+[ -z "$nixbase" ] || say "$img: $(python3 "$HERE/ext4links.py" "$tmp/$img" "$root") symlink names re-linked"
 rm -f "$out/$img"
 mv "$tmp/$img" "$out/$img"
 echo "$h $(stat -c '%s %Y' "$out/$img")" > "$out/.stamps/$img"

@@ -2,8 +2,13 @@
 # nix-store-check.sh - Nix itself on the /nix layouts factory-init makes, with a store made by
 # real Nix.
 #
-# Usage: qemu-tests/nix-store-check.sh [--mode bind|overlay|all] [FACTORY_INIT]
+# Usage: qemu-tests/nix-store-check.sh [--mode bind|overlay|overlay-legacy|all] [FACTORY_INIT]
 #        (default: all, build/factory-init)
+#        qemu-tests/nix-store-check.sh --guest-conf DIR
+#        (writes the checks for a guest's stage 2 into DIR and exits: inner.sh MODE CONF PHASE
+#        with nix.conf, nix-overlay.conf, register*.sh, store-paths*, registration, added, removed
+#        and system2 beside it, all expected at /tmp/conf; mkforkyroot.sh --nix-store puts them
+#        in the image)
 #
 # The factory store is qemu-tests/mknixstore.sh's (forky's Nix 2.34: 40 real paths, optimised,
 # symlinks hard-linked through .links, a licence with ~160 names, a sparse file, 255-byte names).
@@ -20,7 +25,13 @@
 #          at /nix/.ro-store; Nix uses the local-overlay-store with the very URL the NixOS
 #          module writes (read from nixos/modules/factory-init.nix). Builds must land in
 #          /persist/nix/upper only, the factory /nix must come out unchanged, and a "second
-#          boot" (the overlay mounted afresh on the same upper) must keep everything.
+#          boot" (the overlay mounted afresh on the same upper) must keep everything. Then a
+#          "refresh": the same upper over mknixstore.sh's newer image (6 paths added, 6
+#          removed): the new paths are valid, the removed ones are not, the rooted build stays.
+# overlay-legacy  the same layout with Nix's default local store (the module's setup for Nix
+#          < 2.22): the registration service's script loads the image's registration.
+# Every mode first runs the script of the module's factory-init-register-store.service (read
+# from factory-init.nix; with the local-overlay-store without its --load-db).
 # The checks with Nix, in each mode: `nix-store --verify --check-contents` is clean; the
 # database knows exactly the factory closure (--dump-db against the image's registration, in
 # bind mode byte for byte); a derivation builds; `nix-store --gc` deletes that unrooted output and
@@ -30,9 +41,10 @@ set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
 PATH=$PATH:/sbin:/usr/sbin
-mode=all
+mode=all guest=
 if [ "${1:-}" = --mode ]; then mode=$2; shift 2; fi
-case $mode in bind | overlay | all) ;; *) echo "usage: nix-store-check.sh [--mode bind|overlay|all] [FACTORY_INIT]" >&2; exit 2 ;; esac
+if [ "${1:-}" = --guest-conf ]; then guest=$2; shift 2; fi
+case $mode in bind | overlay | overlay-legacy | all) ;; *) echo "usage: nix-store-check.sh [--mode bind|overlay|overlay-legacy|all] [FACTORY_INIT]" >&2; exit 2 ;; esac
 fi=${1:-$repo/build/factory-init}
 
 base=$(sh "$here/mknixstore.sh" -q | tail -n 1)
@@ -46,6 +58,18 @@ system=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["system
 busybox=$(grep -m1 -- '-busybox-static' "$base/store-paths")
 cp "$base/nix/nix-path-registration" "$tmp/conf/registration"
 cp "$base/store-paths" "$tmp/conf/store-paths"
+# the refresh: mknixstore.sh's newer image (some paths added, some removed)
+base2=$(sh "$here/mknixstore.sh" -q --variant refresh | tail -n 1)
+python3 - "$base2/manifest.json" "$tmp/conf" <<'PY'
+import json, os, sys
+m = json.load(open(sys.argv[1]))
+for k in ("added", "removed"):
+    with open(os.path.join(sys.argv[2], k), "w") as f:
+        f.write("".join(p + "\n" for p in sorted(m[k])))
+with open(os.path.join(sys.argv[2], "system2"), "w") as f:
+    f.write(m["system"] + "\n")
+PY
+cp "$base2/store-paths" "$tmp/conf/store-paths2"
 # the store URL and the experimental features of the module's localOverlayStore block
 overlay_conf=$(python3 - "$repo/nixos/modules/factory-init.nix" <<'PY'
 import re, sys
@@ -93,6 +117,22 @@ json.dump({"names": names, "groups": sorted(sorted(g) for g in inodes.values())}
 PY
 }
 
+# the script of the module's factory-init-register-store.service (bind, and overlay without the
+# local-overlay-store), with its registration path
+# (register.sh; register-overlay.sh with the local-overlay-store)
+python3 - "$repo/nixos/modules/factory-init.nix" "$tmp/conf" <<'PY'
+import os, re, sys
+m = open(sys.argv[1]).read()
+reg = re.search(r'registration = "([^"]+)";', m).group(1)
+load = re.search(r'loadDb = if cfg.localOverlayStore\s+then "([^"]+)"\s+else "([^"]+)";', m)
+block = m[m.index("mkIf cfg.registerFactoryPaths"):]
+body = re.search(r"script = ''\n(.*?)\n\s*'';", block, re.S).group(1)
+body = "set -e\n" + "\n".join(l[10:] if l.startswith(" " * 10) else l for l in body.splitlines())
+for name, step in (("register.sh", load.group(2)), ("register-overlay.sh", load.group(1))):
+    with open(os.path.join(sys.argv[2], name), "w") as f:
+        f.write(body.replace("${loadDb}", step).replace("${registration}", reg) + "\n")
+PY
+
 cat >"$tmp/conf/nix.conf" <<'CONF'
 sandbox = false
 build-users-group =
@@ -112,12 +152,66 @@ rc=0
 say() { echo "\$1 \$mode: \$2"; [ "\$1" = PASS ] || rc=1; }
 verify() {
     v=\$(nix-store --verify --check-contents 2>&1); r=\$?
-    if [ \$r = 0 ] && ! printf '%s\n' "\$v" | grep -qiE 'error|modified|invalid|corrupt|missing'; then
+    if [ \$r = 0 ] && ! printf '%s\n' "\$v" | grep -qiE 'error|modified|invalid|corrupt|missing|disappeared'; then
         say PASS "verify --check-contents\$1: clean"
     else say FAIL "verify --check-contents\$1 (rc \$r): \$v"; fi
 }
-if [ "\$phase" = second ]; then
+register() {
+    script=register.sh; [ "\$mode" != overlay ] || script=register-overlay.sh
+    out=\$(sh /tmp/conf/\$script 2>&1); r=\$?
+    if [ \$r = 0 ] && printf '%s\n' "\$out" | tail -n 1 | grep -q "\$1"; then
+        say PASS "the module's factory-init-register-store script: \$(printf '%s\n' "\$out" | tail -n 1)"
+    else say FAIL "the module's factory-init-register-store script (rc \$r): \$out"; fi
+}
+cut_output() {
+    for p in /nix/store/*-cut-\$mode; do
+        [ -e "\$p" ] || continue
+        if nix-store --check-validity "\$p" 2>/dev/null; then say FAIL "the cut build's \${p#/nix/store/} is valid"
+        else say PASS "the cut build's partial output \${p#/nix/store/} is not valid"; fi
+    done
+}
+if [ "\$phase" = cut ]; then
+    # (the guest only) a build that has written part of its output when the power goes: the
+    # builder says so on the console, where the test kills QEMU
+    nix-build --no-out-link -E 'derivation { name = "cut-'\$mode'"; system = "x86_64-linux"; builder = "$busybox/bin/busybox"; args = [ "sh" "-c" "b=$busybox/bin/busybox; \$b mkdir \$out && echo part > \$out/a && \$b sync && echo @@NIXCUT building \$out > /dev/console && \$b sleep 3600" ]; }' >/dev/null 2>&1
+    say FAIL "cut: the build ended before the power cut"
+    exit \$rc
+fi
+if [ "\$phase" = refresh ]; then
+    # the boot after a newer factory image replaced the old one
+    register "^registered the factory image's store paths"
+    cut_output
     kept=\$(cat /persist/kept)
+    system2=\$(cat /tmp/conf/system2)
+    if nix-store --check-validity \$(cat /tmp/conf/added) && [ -x "\$system2/init" ] &&
+       [ "\$(nix-store -qR "\$system2" | sort)" = "\$(sort /tmp/conf/store-paths2)" ]; then
+        say PASS "refresh: the new image's \$(wc -l </tmp/conf/added) paths are valid, its system's closure exactly its own"
+    else say FAIL "refresh: a new path is not valid, or the new system's closure is not the image's"; fi
+    valid= gone=
+    for p in \$(cat /tmp/conf/removed); do
+        nix-store --check-validity "\$p" 2>/dev/null && valid="\$valid \${p#/nix/store/}"
+        [ -e "\$p" ] || gone="\$gone \${p#/nix/store/}"
+    done
+    profile=\$(readlink -f /nix/var/nix/profiles/system)
+    if [ "\$mode" = bind ]; then
+        # the copy keeps what it had: the old image's paths stay, valid, and the copy's system
+        # profile still names the old system, which holds them until the profile moves on
+        if [ -z "\$gone" ] && [ "\$valid" = "\$(for p in \$(cat /tmp/conf/removed); do printf ' %s' "\${p#/nix/store/}"; done)" ] &&
+           [ "\$profile" = "$system" ]; then
+            say PASS "refresh: the \$(wc -l </tmp/conf/removed) paths the new image lacks stay in the copy, valid, held by the copy's system profile (the old system)"
+        else say FAIL "refresh: the old image's paths: valid:\$valid, gone:\$gone; profile \$profile"; fi
+    elif [ -z "\$valid" ] && [ "\$profile" = "\$system2" ]; then
+        say PASS "refresh: none of the \$(wc -l </tmp/conf/removed) paths the new image lacks is valid, the system profile is the new image's"
+    else say FAIL "refresh: paths the new image lacks are still valid:\$valid; profile \$profile"; fi
+    if [ -e "\$kept" ] && nix-store --check-validity "\$kept"; then say PASS "refresh: the rooted build of the old image's boot is kept"
+    else say FAIL "refresh: the rooted build is gone"; fi
+    verify " after the refresh"
+    exit \$rc
+fi
+if [ "\$phase" = second ]; then
+    register "^factory store paths already registered"
+    kept=\$(cat /persist/kept)
+    cut_output
     if [ -e "\$kept" ] && nix-store --check-validity "\$kept" \$(cat /tmp/conf/store-paths) &&
        [ "\$(readlink -f /nix/var/nix/profiles/system)" = "$system" ]; then
         say PASS "second boot (the overlay mounted afresh): the rooted build, every factory path and the profile valid"
@@ -126,11 +220,22 @@ if [ "\$phase" = second ]; then
     exit \$rc
 fi
 echo "nix \$mode: \$(nix-store --version), store \$(nix --extra-experimental-features nix-command config show store 2>/dev/null || echo "?")"
+register "^registered the factory image's store paths"
 verify ""
+# which names share an inode, every file type, as groups of names (tab-separated: names hold spaces)
+groups() { (cd "\$1" && find . ! -type d -printf '%i\t%P\n') | sort -t "\$(printf '\t')" -k2 |
+    awk -F '\t' '{ g[\$1] = g[\$1] "|" \$2 } END { for (i in g) print g[i] }' | sort; }
+if [ "\$mode" = bind ]; then
+    groups /nix/.ro-store/store >/tmp/groups.factory; groups /nix/store >/tmp/groups.copy
+    n=\$(grep -c '|.*|' /tmp/groups.copy)
+    if [ "\$n" -gt 0 ] && cmp -s /tmp/groups.factory /tmp/groups.copy; then
+        say PASS "the copy shares inodes as the factory store does: \$n inodes with more than one name, \$(wc -l </tmp/groups.copy) in all"
+    else say FAIL "inode sharing differs from the factory store (\$n shared; \$(diff /tmp/groups.factory /tmp/groups.copy | grep -c '^[<>]') groups differ)"; fi
+fi
 nix-store --dump-db \$(cat /tmp/conf/store-paths) >/tmp/dump 2>/tmp/dump.err
 if [ "\$mode" = bind ] && cmp -s /tmp/dump /tmp/conf/registration; then
     say PASS "the database dumps the registration of the image (\$(wc -l </tmp/conf/store-paths) paths), byte for byte"
-elif [ "\$mode" = overlay ] && [ "\$(grep -c '^/nix/store/' /tmp/dump)" -ge "\$(wc -l </tmp/conf/store-paths)" ] &&
+elif [ "\$mode" != bind ] && [ "\$(grep -c '^/nix/store/' /tmp/dump)" -ge "\$(wc -l </tmp/conf/store-paths)" ] &&
      nix-store --check-validity \$(cat /tmp/conf/store-paths) &&
      [ "\$(nix-store -qR $system | sort)" = "\$(sort /tmp/conf/store-paths)" ]; then
     say PASS "every path of the image is valid through the lower store, its closure exactly the image's"
@@ -141,7 +246,7 @@ kept=\$(nix-build -o /nix/var/nix/gcroots/kept -E "\$(echo "\$drv" | sed s/NAME/
 if [ -n "\$out" ] && [ "\$(cat "\$out" 2>/dev/null)" = garbage-\$mode ] && [ -n "\$kept" ]; then
     say PASS "two derivations build (\${out#/nix/store/}, \${kept#/nix/store/})"
 else say FAIL "build: \$(tail -n 5 /tmp/build.err)"; fi
-if [ "\$mode" = overlay ]; then
+if [ "\$mode" != bind ]; then
     if [ -e "/persist/nix/upper/store/\${out#/nix/store/}" ] && [ ! -e "/nix/.ro-store/store/\${out#/nix/store/}" ]; then
         say PASS "the builds land in /persist/nix/upper/store only"
     else say FAIL "the build is not (only) in /persist/nix/upper/store"; fi
@@ -193,8 +298,15 @@ mount --bind "$R/tmp/lower" "$R/nix/.ro-store" && mount -o remount,bind,ro "$R/n
 exec chroot "$R" env -i PATH=/usr/bin:/bin LC_ALL=C.UTF-8 /bin/sh /tmp/conf/inner.sh "$mode" "$conf" "$phase"
 NS
 
+if [ -n "$guest" ]; then
+    mkdir -p "$guest" && cp "$tmp"/conf/inner.sh "$tmp"/conf/nix.conf "$tmp"/conf/nix-overlay.conf \
+        "$tmp"/conf/store-paths "$tmp"/conf/registration "$tmp"/conf/register.sh "$tmp"/conf/register-overlay.sh \
+        "$tmp"/conf/added "$tmp"/conf/removed "$tmp"/conf/system2 "$tmp"/conf/store-paths2 "$guest"/
+    exit 0
+fi
+
 rc=0
-if [ "$mode" != overlay ]; then
+if [ "$mode" = bind ] || [ "$mode" = all ]; then
     mkdir -p "$tmp/copy" "$tmp/persist"
     echo "copy-store: $("$fi" copy-store "$base/nix" "$tmp/copy/nix")"
     digest "$base/nix" >"$tmp/src.json"
@@ -217,16 +329,25 @@ print(f"PASS bind: identical: {len(na)} names, {len(shared)} inodes with more th
 PY
     unshare -m -- sh "$tmp/conf/ns.sh" "$T" "$tmp" "$base" bind nix.conf first || rc=1
 fi
-if [ "$mode" != bind ]; then
-    mkdir -p "$tmp/persist/nix/upper" "$tmp/persist/nix/work"
-    echo "overlay: the settings of nixos/modules/factory-init.nix:" $overlay_conf
+# overlay MODE CONF: the first boot, a second one (the overlay mounted afresh on the same upper),
+# then one on a newer factory image (the same upper over the refresh store)
+overlay() {
+    rm -rf "$tmp/persist" && mkdir -p "$tmp/persist/nix/upper" "$tmp/persist/nix/work"
     digest "$base/nix" >"$tmp/lower-before.json"
-    unshare -m -- sh "$tmp/conf/ns.sh" "$T" "$tmp" "$base" overlay nix-overlay.conf first || rc=1
+    unshare -m -- sh "$tmp/conf/ns.sh" "$T" "$tmp" "$base" "$1" "$2" first || rc=1
     digest "$base/nix" >"$tmp/lower-after.json"
     if cmp -s "$tmp/lower-before.json" "$tmp/lower-after.json"; then
-        echo "PASS overlay: the factory /nix is unchanged, byte for byte and inode for inode"
-    else echo "FAIL overlay: the factory /nix changed"; rc=1; fi
-    # the second boot: the overlay mounted afresh on the same upper
-    unshare -m -- sh "$tmp/conf/ns.sh" "$T" "$tmp" "$base" overlay nix-overlay.conf second || rc=1
+        echo "PASS $1: the factory /nix is unchanged, byte for byte and inode for inode"
+    else echo "FAIL $1: the factory /nix changed"; rc=1; fi
+    unshare -m -- sh "$tmp/conf/ns.sh" "$T" "$tmp" "$base" "$1" "$2" second || rc=1
+    unshare -m -- sh "$tmp/conf/ns.sh" "$T" "$tmp" "$base2" "$1" "$2" refresh || rc=1
+}
+if [ "$mode" = overlay ] || [ "$mode" = all ]; then
+    echo "overlay: the settings of nixos/modules/factory-init.nix:" $overlay_conf
+    overlay overlay nix-overlay.conf
+fi
+if [ "$mode" = overlay-legacy ] || [ "$mode" = all ]; then
+    echo "overlay-legacy: Nix's default local store on the overlay, the module's registration script"
+    overlay overlay-legacy nix.conf
 fi
 exit $rc

@@ -8,10 +8,14 @@ units, timestamps), @@JOURNAL (factory-init's records in the journal) and, with
 factory.test.cryptsetup= on the command line, @@CRYPTSETUP (systemd-cryptsetup opening a disk
 with a TPM2 token factory-init enrolled).
 
-systemd-stage2-overlay, systemd-stage2-fallback, systemd-stage2-bind, systemd-stage2-network
+systemd-stage2-fallback, systemd-stage2-network
 (vm.network_static read by systemd-networkd; a malformed value leaves DHCP),
-systemd-stage2-cryptsetup-ours (PCR 7: opens; the default PCR 7+15: locked out).  Registered
-after the other modules.
+systemd-stage2-cryptsetup-ours (PCR 7: opens; the default PCR 7+15: locked out),
+nix-guest-overlay and nix-guest-bind (forky-nix-root.img: forky's Nix 2.34 in stage 2 on the /nix
+factory-init made, with a store made by real Nix: verify, build, gc, optimise; the overlay with
+the NixOS module's local-overlay-store URL and a power cut during a build; then, in both, a boot
+on a newer factory image, forky-nix-root-refresh.img; they also do what systemd-stage2-overlay
+and systemd-stage2-bind did).  Registered after the other modules.
 """
 
 import hashlib
@@ -38,18 +42,22 @@ VM_PCR7 = hashlib.sha256(bytes(32) + bytes.fromhex(SEPARATOR_DIGEST)).hexdigest(
 BAD_HOSTNAME = "vm.hostname=bad_host!"
 
 
-def forky_root(ctx):
-    """BUILD/forky-root.img (mkforkyroot.sh, cached by its stamp), built once per run."""
-    img = getattr(ctx, "_forky_root", None)
+def forky_root(ctx, nix_store=None):
+    """BUILD/forky-root.img (mkforkyroot.sh, cached by its stamp), built once per run; with
+    nix_store "base", BUILD/forky-nix-root.img, whose /nix is mknixstore.sh's real store, with
+    "refresh" BUILD/forky-nix-root-refresh.img (its newer image)."""
+    attr = f"_forky_nix_root_{nix_store}" if nix_store else "_forky_root"
+    img = getattr(ctx, attr, None)
     if img is None:
+        opt = {None: [], "base": ["--nix-store"], "refresh": ["--nix-refresh"]}[nix_store]
         r = subprocess.run([MKFORKYROOT, "--kernel", ctx.kernel_dir,
-                            "--factory-init", FACTORY_INIT, ctx.build],
+                            "--factory-init", FACTORY_INIT] + opt + [ctx.build],
                            stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
         if r.returncode != 0:
             raise RuntimeError(f"mkforkyroot.sh failed: {r.stderr.strip()}")
         img = r.stdout.strip().splitlines()[-1]
-        ctx._forky_root = img
+        setattr(ctx, attr, img)
     return img
 
 
@@ -160,33 +168,6 @@ def check_journal(ctx, sd, want):
             ctx.diag("  " + "; ".join(f"prio {p}: {m}" for p, m in recs if m and text in m))
 
 
-@scenario("systemd-stage2-overlay")
-def systemd_stage2_overlay(ctx):
-    """LUKS key on the command line, /nix overlay, systemd 262 reaches running; factory-init's
-    records (info and a warning) are in the journal at their priorities; status and config."""
-    key = read_key(ctx)
-    disks = [Disk(forky_root(ctx)), Disk(ctx.disks.luks)]
-    r, sd = boot_systemd(ctx, "systemd-stage2-overlay", disks,
-                         f"{FI_APPEND} vm.luks.key={key} {BAD_HOSTNAME}")
-    st, cfg = check_stage2_basics(ctx, r, sd)
-    ctx.check(st["outcome"] == "persist", f"outcome {st['outcome']}: {st['reason']}")
-    ctx.check(st["unlock"] == "cmdline-key", f"unlock {st['unlock']}")
-    ctx.check(st["store"] == "overlay", f"store {st['store']}")
-    ctx.check("hostname" not in cfg, f"the bad host name reached the config: {cfg}")
-    p = r.mount_at("/persist")
-    ctx.require(p is not None, "/persist not mounted")
-    ctx.check(p.device == "/dev/mapper/persist" and p.fstype == "btrfs", f"/persist: {p}")
-    n = r.mount_at("/nix")
-    ctx.check(n is not None and n.fstype == "overlay", f"/nix is not an overlay: {n}")
-    ctx.check(r.marker_written, "could not write under /nix")
-    ctx.check(sd.units.get("nix-daemon.socket", ("?",))[0] == "active",
-              f"nix-daemon.socket: {sd.units.get('nix-daemon.socket')}")
-    check_journal(ctx, sd, [(6, "unlocked /dev/vdb with cmdline-key"),
-                            (4, 'vm.hostname="bad_host!"')])
-    check_fi_logged(ctx, r, "unlocked /dev/vdb with cmdline-key")
-    check_no_secret(ctx, r, key)
-
-
 @scenario("systemd-stage2-fallback")
 def systemd_stage2_fallback(ctx):
     """No data disk: factory-init falls back to the factory store, systemd still reaches
@@ -200,29 +181,6 @@ def systemd_stage2_fallback(ctx):
     ctx.check(sd.units.get("nix-daemon.socket", ("?",))[0] == "inactive",
               f"nix-daemon.socket on a read-only store: {sd.units.get('nix-daemon.socket')}")
     check_journal(ctx, sd, [(None, "booting on the factory store: no data disk")])
-
-
-@scenario("systemd-stage2-bind")
-def systemd_stage2_bind(ctx):
-    """vm.store=bind: the forky root's /nix copied to /persist/nix and bound on /nix; systemd
-    reaches running with nix-daemon on it."""
-    key = read_key(ctx)
-    disks = [Disk(forky_root(ctx)), Disk(ctx.disks.luks)]
-    r, sd = boot_systemd(ctx, "systemd-stage2-bind", disks,
-                         f"{FI_APPEND} vm.luks.key={key} vm.store=bind")
-    st, cfg = check_stage2_basics(ctx, r, sd)
-    ctx.check(st["outcome"] == "persist", f"outcome {st['outcome']}: {st['reason']}")
-    ctx.check(st["store"] == "bind", f"store {st['store']}")
-    n = r.mount_at("/nix")
-    ctx.check(n is not None and n.device == "/dev/mapper/persist" and n.fstype == "btrfs",
-              f"/nix is not the Btrfs copy: {n}")
-    ro = r.mount_at("/nix/.ro-store")
-    ctx.check(ro is not None and ro.readonly, f"/nix/.ro-store: {ro}")
-    ctx.check(r.marker_written, "could not write under /nix")
-    ctx.check(sd.units.get("nix-daemon.socket", ("?",))[0] == "active",
-              f"nix-daemon.socket: {sd.units.get('nix-daemon.socket')}")
-    check_journal(ctx, sd, [(6, "copied the factory store to /persist/nix")])
-    check_no_secret(ctx, r, key)
 
 
 def token_of(img):
@@ -356,3 +314,126 @@ def systemd_stage2_network(ctx):
     ctx.check(len(eth0) == 1 and "inet 10.0.2.15/24 " in eth0[0], f"eth0 by DHCP: {eth0}")
     ctx.check(any(x.startswith("default via 10.0.2.2 dev eth0") for x in net_lines(r, "route")),
               f"routes {net_lines(r, 'route')}")
+
+
+def nix_checks(ctx, r, name):
+    """The @@NIX lines of nix-store-check.sh's checks in the guest: every one must PASS."""
+    out = [ln[ln.index("@@NIX| ") + 7:] for ln in r.raw.splitlines() if "@@NIX| " in ln]
+    rc = [ln.split("rc=")[1].strip() for ln in r.raw.splitlines() if "@@NIX rc=" in ln]
+    ctx.require(rc, f"{name}: the Nix checks did not run: {r.tail()}")
+    for ln in out:
+        ctx.diag(f"{name}: {ln}")
+    fails = [ln for ln in out if ln.startswith("FAIL")]
+    ctx.check(rc == ["0"] and not fails, f"{name}: Nix checks rc {rc}: {fails or out[-5:]}")
+    return [ln for ln in out if ln.startswith("PASS")]
+
+
+def nix_disks(ctx, vdb, image="base"):
+    return [Disk(forky_root(ctx, nix_store=image)), Disk(vdb, "qcow2", snapshot=False)]
+
+
+def nix_boot(ctx, name, vdb, key, mode, phase, extra="", image="base"):
+    """A boot of forky-nix-root.img (image "refresh": forky-nix-root-refresh.img) with
+    vm.store=MODE whose stage 2 runs nix-store-check.sh's Nix checks of MODE for PHASE."""
+    r, sd = boot_systemd(ctx, name, nix_disks(ctx, vdb, image),
+                         f"{FI_APPEND} vm.luks.key={key} vm.store={mode} "
+                         f"factory.test.nix={mode}:{phase} {extra}".strip())
+    st, cfg = check_stage2_basics(ctx, r, sd)
+    ctx.check(st["outcome"] == "persist" and st["store"] == mode,
+              f"{name}: outcome {st['outcome']}, store {st['store']}: {st['reason']}")
+    p = r.mount_at("/persist")
+    ctx.check(p is not None and p.device == "/dev/mapper/persist" and p.fstype == "btrfs",
+              f"{name}: /persist: {p}")
+    ctx.check(sd.units.get("nix-daemon.socket", ("?",))[0] == "active",
+              f"{name}: nix-daemon.socket: {sd.units.get('nix-daemon.socket')}")
+    return r, sd, st, cfg, nix_checks(ctx, r, name)
+
+
+def want_passed(ctx, name, passed, wants):
+    for want in wants:
+        ctx.check(any(want in p for p in passed), f"{name}: no PASS line with {want!r}")
+
+
+def check_refreshed(ctx, name, st):
+    fi = st.get("factory_image") or {}
+    ctx.check(fi.get("refreshed") is True and fi.get("previous") and fi.get("id") != fi.get("previous"),
+              f"{name}: factory_image {fi}")
+
+
+@scenario("nix-guest-overlay")
+def nix_guest_overlay(ctx):
+    """vm.store=overlay with a factory /nix made by real Nix (mknixstore.sh), systemd 262 in
+    stage 2: running, factory-init's records in the journal at their priorities (info, and the
+    warning for a malformed vm.hostname, which stays out of the config). forky's Nix 2.34 with
+    the NixOS module's local-overlay-store URL (and its registration script) finds the store
+    valid (--verify --check-contents), builds into /persist/nix/upper only, gc keeps every
+    factory path and the system profile, optimise runs. Boot 2: the power is cut during a build
+    (its output half written on /persist). Boot 3, on a newer factory image (6 paths added, 6
+    removed): the new paths are valid, the removed ones are not, the profile is the new system,
+    the rooted build of boot 1 is kept, the half-written output is not valid, verify is clean."""
+    key = read_key(ctx)
+    vdb = harness.overlay(ctx.disks.luks, ctx.path("nix-guest-overlay.vdb.qcow2"))
+    r, sd, st, cfg, passed = nix_boot(ctx, "nix-guest-overlay", vdb, key, "overlay", "first",
+                                      BAD_HOSTNAME)
+    ctx.check(st["unlock"] == "cmdline-key", f"unlock {st['unlock']}")
+    ctx.check("hostname" not in cfg, f"the bad host name reached the config: {cfg}")
+    n = r.mount_at("/nix")
+    ctx.check(n is not None and n.fstype == "overlay", f"/nix is not an overlay: {n}")
+    ctx.check(r.marker_written, "could not write under /nix")
+    check_journal(ctx, sd, [(6, "unlocked /dev/vdb with cmdline-key"),
+                            (4, 'vm.hostname="bad_host!"')])
+    check_fi_logged(ctx, r, "unlocked /dev/vdb with cmdline-key")
+    want_passed(ctx, "boot 1", passed, (
+        "factory-init-register-store script: registered", "verify --check-contents: clean",
+        "every path of the image is valid through the lower store", "two derivations build",
+        "land in /persist/nix/upper/store only", "gc:", "optimise:",
+        "after build, gc and optimise: clean"))
+    check_no_secret(ctx, r, key)
+
+    # A power cut during a Nix build on /persist: the builder has written part of its output.
+    rc, _ = boot_systemd(ctx, "nix-guest-overlay-cut", nix_disks(ctx, vdb),
+                         f"{FI_APPEND} vm.luks.key={key} vm.store=overlay "
+                         "factory.test.nix=overlay:cut",
+                         kill_when=lambda tail: b"@@NIXCUT building" in tail)
+    ctx.require(rc.killed, f"the power cut did not happen during the build: {rc.tail()}")
+    _, _, st3, _, passed3 = nix_boot(ctx, "nix-guest-overlay-refresh", vdb, key, "overlay",
+                                     "refresh", image="refresh")
+    check_refreshed(ctx, "boot 3", st3)
+    want_passed(ctx, "boot 3", passed3, (
+        "factory-init-register-store script: registered", "partial output",
+        "the new image's 6 paths are valid", "none of the 6 paths the new image lacks is valid",
+        "the rooted build of the old image's boot is kept", "after the refresh: clean"))
+
+
+@scenario("nix-guest-bind")
+def nix_guest_bind(ctx):
+    """vm.store=bind with a factory /nix made by real Nix: factory-init copies it to
+    /persist/nix and binds it (the factory /nix stays read-only at /nix/.ro-store); the copy
+    shares inodes exactly as the factory store does (.links, every file type), the module's
+    registration script runs, forky's Nix 2.34 finds it valid (its database dumps the image's
+    registration byte for byte, verify is clean), builds, gc and optimise work on it. Boot 2, on
+    a newer factory image: factory-init copies the 6 new paths, the registration script makes
+    them valid; the 6 the new image lacks stay in the copy, valid, held by the copy's system
+    profile (still the old system); the rooted build is kept; verify is clean."""
+    key = read_key(ctx)
+    vdb = harness.overlay(ctx.disks.luks, ctx.path("nix-guest-bind.vdb.qcow2"))
+    r, sd, _, _, passed = nix_boot(ctx, "nix-guest-bind", vdb, key, "bind", "first")
+    n = r.mount_at("/nix")
+    ctx.check(n is not None and n.device == "/dev/mapper/persist" and n.fstype == "btrfs",
+              f"/nix is not the Btrfs copy: {n}")
+    ro = r.mount_at("/nix/.ro-store")
+    ctx.check(ro is not None and ro.readonly, f"/nix/.ro-store: {ro}")
+    ctx.check(r.marker_written, "could not write under /nix")
+    check_journal(ctx, sd, [(6, "copied the factory store to /persist/nix")])
+    want_passed(ctx, "bind", passed, (
+        "factory-init-register-store script: registered", "verify --check-contents: clean",
+        "shares inodes as the factory store does", "dumps the registration of the image",
+        "two derivations build", "gc:", "optimise:", "after build, gc and optimise: clean"))
+    check_no_secret(ctx, r, key)
+    _, _, st2, _, passed2 = nix_boot(ctx, "nix-guest-bind-refresh", vdb, key, "bind", "refresh",
+                                     image="refresh")
+    check_refreshed(ctx, "boot 2", st2)
+    want_passed(ctx, "boot 2", passed2, (
+        "factory-init-register-store script: registered", "the new image's 6 paths are valid",
+        "stay in the copy, valid, held by the copy's system profile",
+        "the rooted build of the old image's boot is kept", "after the refresh: clean"))

@@ -193,6 +193,11 @@ let
     + "&upper-layer=/persist/nix/upper/store&check-mount=false";
 
   registration = "/nix/.ro-store/nix-path-registration";
+  # The registration service's first step: the overlay store reads the new paths from the lower
+  # store's database itself.
+  loadDb = if cfg.localOverlayStore
+    then "# local-overlay-store: the lower store's database knows the new image's paths"
+    else "nix-store --load-db < ${registration}";
 in
 {
   options.boot.initrd.factoryInit = {
@@ -402,13 +407,16 @@ in
 
     registerFactoryPaths = mkOption {
       type = types.bool;
-      default = cfg.storeMode != "off" && !cfg.localOverlayStore;
-      defaultText = literalExpression ''storeMode != "off" && !localOverlayStore'';
+      default = cfg.storeMode != "off";
+      defaultText = literalExpression ''storeMode != "off"'';
       description = ''
-        At boot, load the factory image's store path registration
-        (${registration}, written by nixos/images.nix) into the Nix database on
-        /persist when it changed, so that the paths a newer factory image brings are valid, and
-        forget the paths an older image had and this one lacks.
+        At boot, when the factory image's store path registration (${registration},
+        written by nixos/images.nix) changed: load it into the Nix database on /persist, so that
+        the paths a newer factory image brings are valid, and forget the paths an older image
+        had and this one lacks (`nix-store --verify`). With `localOverlayStore` only the second
+        step runs (the lower store's own database knows the new paths): the upper database
+        holds copies of the old image's records, and without it Nix would take the paths the
+        new image lacks for valid although their files are gone.
       '';
     };
   };
@@ -603,7 +611,7 @@ in
             echo "factory store paths already registered"
             exit 0
           fi
-          nix-store --load-db < ${registration}
+          ${loadDb}
           # paths of an older factory image that this one lacks: drop them from the database
           nix-store --verify || echo "nix-store --verify reported problems (see above)"
           cp ${registration} "$stamp.tmp"

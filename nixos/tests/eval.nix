@@ -346,7 +346,9 @@ let
           "nix.settings.store is the local overlay store")
         (check (lib.all (f: lib.elem f s.experimental-features) [ "local-overlay-store" "read-only-local-store" ])
           "experimental features on: the overlay store, and the read-only lower store its URL opens")
-        (check (!registers c) "the overlay store reads the factory database itself")
+        (check (registers c) "a new image's removed paths are dropped from the upper database")
+        (check (!(lib.hasInfix "--load-db" c.config.systemd.services.factory-init-register-store.script))
+          "the overlay store reads the new paths from the factory database itself")
       ];
 
     # The stage-2 module alone, without sops-nix, then with a stand-in sops module.
