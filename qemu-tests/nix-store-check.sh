@@ -29,7 +29,9 @@
 #          "refresh": the same upper over mknixstore.sh's newer image (6 paths added, 6
 #          removed): the new paths are valid, the removed ones are not, the rooted build stays.
 # overlay-legacy  the same layout with Nix's default local store (the module's setup for Nix
-#          < 2.22): the registration service's script loads the image's registration.
+#          < 2.22): the registration service's script loads the image's registration; at the
+#          end the factory system's generation is removed and gc'd: its paths become whiteouts
+#          in the upper layer, the factory /nix stays unchanged.
 # Every mode first runs the script of the module's factory-init-register-store.service (read
 # from factory-init.nix; with the local-overlay-store without its --load-db).
 # The checks with Nix, in each mode: `nix-store --verify --check-contents` is clean; the
@@ -175,6 +177,26 @@ if [ "\$phase" = cut ]; then
     # builder says so on the console, where the test kills QEMU
     nix-build --no-out-link -E 'derivation { name = "cut-'\$mode'"; system = "x86_64-linux"; builder = "$busybox/bin/busybox"; args = [ "sh" "-c" "b=$busybox/bin/busybox; \$b mkdir \$out && echo part > \$out/a && \$b sync && echo @@NIXCUT building \$out > /dev/console && \$b sleep 3600" ]; }' >/dev/null 2>&1
     say FAIL "cut: the build ended before the power cut"
+    exit \$rc
+fi
+if [ "\$phase" = gc-factory ]; then
+    # the factory system's generation removed (as nix-collect-garbage -d does once another
+    # system is current): gc deletes the factory paths from the overlay, which leaves whiteouts
+    # in the upper layer and the factory store itself as it was
+    system2=\$(cat /tmp/conf/system2)
+    rm -f /nix/var/nix/profiles/system /nix/var/nix/profiles/system-*-link
+    nix-store --gc >/tmp/gc.log 2>&1
+    valid= wh=0
+    for p in \$(cat /tmp/conf/store-paths2); do
+        nix-store --check-validity "\$p" 2>/dev/null && valid="\$valid \${p#/nix/store/}"
+        w=/persist/nix/upper/store/\${p#/nix/store/}
+        [ -c "\$w" ] && [ "\$(stat -c %t:%T "\$w")" = 0:0 ] && wh=\$((wh + 1))
+    done
+    n=\$(wc -l </tmp/conf/store-paths2)
+    if [ -z "\$valid" ] && [ \$wh = \$n ] && [ -x /nix/.ro-store/store/\${system2#/nix/store/}/init ] && [ -e "\$(cat /persist/kept)" ]; then
+        say PASS "gc of the factory system: its \$n paths invalid, each a whiteout in the upper layer (\$(tail -n 1 /tmp/gc.log)), the factory store untouched, the rooted build kept"
+    else say FAIL "gc of the factory system: still valid:\$valid; \$wh of \$n whiteouts"; fi
+    verify " after gc of the factory system"
     exit \$rc
 fi
 if [ "\$phase" = refresh ]; then
@@ -341,6 +363,14 @@ overlay() {
     else echo "FAIL $1: the factory /nix changed"; rc=1; fi
     unshare -m -- sh "$tmp/conf/ns.sh" "$T" "$tmp" "$base" "$1" "$2" second || rc=1
     unshare -m -- sh "$tmp/conf/ns.sh" "$T" "$tmp" "$base2" "$1" "$2" refresh || rc=1
+    if [ "$1" = overlay-legacy ]; then
+        digest "$base2/nix" >"$tmp/lower-before.json"
+        unshare -m -- sh "$tmp/conf/ns.sh" "$T" "$tmp" "$base2" "$1" "$2" gc-factory || rc=1
+        digest "$base2/nix" >"$tmp/lower-after.json"
+        if cmp -s "$tmp/lower-before.json" "$tmp/lower-after.json"; then
+            echo "PASS $1: the factory /nix is unchanged after its gc, byte for byte and inode for inode"
+        else echo "FAIL $1: the gc changed the factory /nix"; rc=1; fi
+    fi
 }
 if [ "$mode" = overlay ] || [ "$mode" = all ]; then
     echo "overlay: the settings of nixos/modules/factory-init.nix:" $overlay_conf
