@@ -39,6 +39,7 @@ def floor(ctx):
     ctx.check(r.marker_found is None, f"marker unexpectedly found: {r.marker_found}")
     ctx.check(r.marker_write_failed, "marker write on the read-only root did not fail")
     ctx.check(sorted(r.nofiles) == sorted(["/run/factory-init/status.json",
+                                            "/run/factory-init/plan.json",
                                             "/run/vm-config.json",
                                             "/persist/config.json", METRICS, NETWORK_FILE]),
               f"unexpected files: {r.files}, nofiles {r.nofiles}")
