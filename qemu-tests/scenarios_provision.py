@@ -17,6 +17,7 @@ from harness import Disk
 from context import (FI_APPEND, attempts, fresh_dir, reporter_sha256, reporter_stats, same_disk,
                      scenario, status_of)
 from context import FACTORY_INIT, check_metrics, fi_initrd, fi_modules
+from scenarios_tpm2 import check_systemd_unseals
 
 #: A raw disk of this size is blank (a hole) unless a scenario writes to it.
 SIZE = 512 << 20
@@ -24,7 +25,6 @@ SIZE = 512 << 20
 FLEET_KEY = "fleet-manager-key-0123456789abcdef"
 PROVISION = f"{FI_APPEND} vm.persist.provision"
 PROVISIONAL_LABEL = "factory-init-unfinished"
-SYSTEMD_UNLOCK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "systemd-unlock.sh")
 
 
 def mkfs_btrfs():
@@ -82,13 +82,13 @@ def dos_table(path):
         f.write(b"\x12\x34\x56\x78\0\0" + entry + b"\0" * 48 + b"\x55\xaa")
 
 
-def key_credential():
-    return ["-smbios", f"type=11,value=io.systemd.credential:vm.luks.key={FLEET_KEY}"]
-
-
 def credential(name, value):
     """A system credential as libvirt's <oemStrings> or -smbios type=11 give it."""
     return ["-smbios", f"type=11,value=io.systemd.credential:{name}={value}"]
+
+
+def key_credential():
+    return credential("vm.luks.key", FLEET_KEY)
 
 
 def hook_cat_key(ctx, name):
@@ -297,11 +297,7 @@ def provision_unfinished(ctx):
     ctx.check(len(toks) == 1 and toks[0]["type"] == "systemd-tpm2" and toks[0]["tpm2-pcrs"] == [15],
               f"tokens {toks}")
     # systemd's plugin on the host, against the VM's swtpm state after a power-on (PCR 15 zero).
-    s = subprocess.run([SYSTEMD_UNLOCK, img, state], stdout=subprocess.PIPE,
-                       stderr=subprocess.STDOUT, text=True)
-    ctx.diag(s.stdout.strip().splitlines()[-1] if s.stdout.strip() else "no output")
-    ctx.check(s.returncode == 0,
-              f"systemd's plugin did not unseal the token the guest made: {s.stdout[-400:]}")
+    check_systemd_unseals(ctx, img, state, "the token the guest made")
 
 
 @scenario("provision-power-cut")

@@ -59,10 +59,16 @@ def tpm2_ours(ctx):
     state2 = fresh_dir(ctx.path("tpm2-ours.host.tpm"))
     img2 = luks_copy(ctx, "tpm2-ours-host")
     enroll_ours(ctx, img2, state2, "7")
-    s = subprocess.run([SYSTEMD_UNLOCK, img2, state2], stdout=subprocess.PIPE,
+    check_systemd_unseals(ctx, img2, state2, "our token")
+
+
+def check_systemd_unseals(ctx, img, state, what):
+    """systemd 252's token plugin (systemd-unlock.sh) unseals IMG's token with the swtpm STATE
+    after a fresh power-on."""
+    s = subprocess.run([SYSTEMD_UNLOCK, img, state], stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT, text=True)
     ctx.diag(s.stdout.strip().splitlines()[-1] if s.stdout.strip() else "no output")
-    ctx.check(s.returncode == 0, f"systemd's plugin did not unseal our token: {s.stdout[-400:]}")
+    ctx.check(s.returncode == 0, f"systemd's plugin did not unseal {what}: {s.stdout[-400:]}")
 
 
 @scenario("tpm2-systemd-enrolled")
