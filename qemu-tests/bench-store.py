@@ -40,6 +40,7 @@ bound shows alone; dd's bound is then memory bandwidth.
 """
 
 import argparse
+import atexit
 import os
 import shutil
 import statistics
@@ -150,6 +151,7 @@ def main():
 
     if a.tmpfs:
         os.makedirs(shm, exist_ok=True)
+        atexit.register(shutil.rmtree, shm, True)   # also when a run fails: it holds RAM
         subprocess.run(["cp", "--sparse=always", src_img, os.path.join(shm, "src.ext4")],
                        check=True)
         src_img, dst_img = os.path.join(shm, "src.ext4"), os.path.join(shm, "dst.btrfs")
@@ -234,9 +236,9 @@ def main():
     # What the hypervisor left of the CPUs: the median share not stolen over the copies' runs.
     left = 1 - statistics.median([x for n in copiers for x in steal[n]])
     floor = med(busy_cpu, least) / (ncpu * left)
-    kernel = {n: med(busy_cpu, n) - med(own_cpu, n) for n in copiers}
+    outside = med(busy_cpu, least) - med(own_cpu, least)
     print(f"CPU floor: {least} kept the machine busy for {med(busy_cpu, least):.2f} CPU s "
-          f"({kernel[least]:.2f} of them outside the tool: compression, Btrfs metadata, loop "
+          f"({outside:.2f} of them outside the tool: compression, Btrfs metadata, loop "
           f"devices); on {ncpu} CPUs ({left * 100:.0f}% of them left by the hypervisor) no "
           f"copy asking for the same work ends before {floor:.2f} s, "
           f"where rsync -aHX would take {results['rsync -aHX'] / floor:.2f}x and cp -a "
@@ -246,8 +248,6 @@ def main():
     if worst > 0.10:
         print(f"warning: the hypervisor took up to {worst * 100:.0f}% of the CPU time of a run "
               f"(steal): these times measure the host as much as the tools")
-    if a.tmpfs:
-        shutil.rmtree(shm)
     return 0
 
 
